@@ -1,0 +1,173 @@
+"""The encode/decode pipeline: image -> indices -> bytes, and back. No byte layout, no layer shapes.
+
+encode: pixels -> pad to the model stride (reflect) -> encoder -> nearest code of the K-book
+        -> entropy coder -> container
+decode: container -> entropy decoder -> code vectors -> decoder -> crop -> pixels
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vqcodec import container, entropy
+from vqcodec.container import CodingMode, Header
+from vqcodec.errors import VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.imageio import MAX_PIXELS, check_size, pad_to_multiple
+from vqcodec.zoo import Bundle, find_by_id, load_model
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An index map and what is needed to turn it back into an image."""
+
+    indices: np.ndarray  # (m, h, w) int64
+    image_size: tuple[int, int]  # (width, height) of the original image
+    padded_size: tuple[int, int]  # (width, height) after padding to the stride
+    codebook_size: int
+    model_id: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``vqc info`` prints: the header plus sizes."""
+
+    header: Header
+    file_bytes: int
+    payload_bytes: int
+
+    @property
+    def bpp(self) -> float:
+        return self.file_bytes * 8 / (self.header.width * self.header.height)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return _latent_hw(self.header.width, self.header.height, 16)
+
+
+def _latent_hw(width: int, height: int, stride: int) -> tuple[int, int]:
+    return -(-height // stride), -(-width // stride)
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    return t / 127.5 - 1.0
+
+
+def _to_pixels(x: torch.Tensor) -> np.ndarray:
+    x = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous().numpy()
+
+
+@torch.inference_mode()
+def analyze(pixels: np.ndarray, bundle: Bundle, codebook_size: int) -> Encoded:
+    """(H, W, 3) uint8 -> index map with the K-codebook (no entropy coding)."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise VqcUsageError("pixels must be an (H, W, 3) uint8 array")
+    h, w = pixels.shape[:2]
+    book = bundle.codebook(codebook_size)
+    padded = pad_to_multiple(pixels, bundle.stride)
+    z = bundle.model.encode_latent(_to_tensor(padded))
+    idx = bundle.model.quantize.quantize(z, book)[0].numpy().astype(np.int64)
+    return Encoded(idx, (w, h), (padded.shape[1], padded.shape[0]), codebook_size, bundle.model_id)
+
+
+@torch.inference_mode()
+def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
+    """Index map -> (H, W, 3) uint8 image cropped to the original size."""
+    book = bundle.codebook(enc.codebook_size)
+    idx = torch.from_numpy(enc.indices)[None]
+    x = bundle.model.decode_latent(bundle.model.quantize.dequantize(idx, book))
+    w, h = enc.image_size
+    return _to_pixels(x)[:h, :w]
+
+
+def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC) -> bytes:
+    """Entropy-code an index map and wrap it in a .vqc container."""
+    k = enc.codebook_size
+    if mode == CodingMode.STATIC:
+        payload = entropy.encode_static(enc.indices, bundle.table(k))
+    elif mode == CodingMode.RAW:
+        payload = entropy.encode_raw(enc.indices, k)
+    else:
+        raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
+    w, h = enc.image_size
+    header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
+    return container.pack(header, payload)
+
+
+def encode(
+    pixels: np.ndarray,
+    codebook_size: int = 64,
+    model: Bundle | str | None = None,
+    mode: CodingMode = CodingMode.STATIC,
+    max_pixels: int = MAX_PIXELS,
+) -> bytes:
+    """Compress an (H, W, 3) uint8 RGB image to .vqc bytes.
+
+    >>> import numpy as np, vqcodec
+    >>> data = vqcodec.encode(np.zeros((40, 56, 3), np.uint8), codebook_size=64)
+    >>> data[:3]
+    b'VQC'
+    """
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    return pack(analyze(pixels, bundle, codebook_size), bundle, mode)
+
+
+def unpack(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[Encoded, Bundle]:
+    """Parse a .vqc byte string and entropy-decode its index map."""
+    header, payload = container.unpack(data)
+    if header.width * header.height > max_pixels:
+        raise VqcFormatError(f"file declares {header.width}x{header.height} pixels, above the limit of {max_pixels}")
+    bundle = _bundle_for(header, model)
+    if header.m != bundle.m:
+        raise VqcFormatError(f"file has m={header.m} indices per position, model has {bundle.m}")
+    hh, ww = _latent_hw(header.width, header.height, bundle.stride)
+    count = header.m * hh * ww
+    if header.mode == CodingMode.STATIC:
+        flat = entropy.decode_static(payload, bundle.table(_k(header, bundle)), count)
+    elif header.mode == CodingMode.RAW:
+        flat = entropy.decode_raw(payload, header.codebook_size, count)
+    else:
+        raise VqcFormatError(f"coding mode {header.mode.name} is not supported by this decoder")
+    idx = flat.reshape(header.m, hh, ww)
+    padded = (ww * bundle.stride, hh * bundle.stride)
+    enc = Encoded(idx, (header.width, header.height), padded, header.codebook_size, header.model_id)
+    return enc, bundle
+
+
+def _k(header: Header, bundle: Bundle) -> int:
+    if header.codebook_size not in bundle.codebooks:
+        raise VqcFormatError(f"file uses K={header.codebook_size}, which model {bundle.name!r} lacks")
+    return header.codebook_size
+
+
+def _bundle_for(header: Header, model: Bundle | str | None) -> Bundle:
+    if model is None:
+        bundle = load_model(find_by_id(header.model_id))
+    else:
+        bundle = model if isinstance(model, Bundle) else load_model(model)
+    if bundle.model_id != header.model_id:
+        raise VqcModelError(
+            f"file was made with model id {header.model_id:08x}, but model {bundle.name!r} has id {bundle.model_id:08x}"
+        )
+    _k(header, bundle)
+    return bundle
+
+
+def decode(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decompress .vqc bytes to an (H, W, 3) uint8 RGB image.
+
+    The model is found from the file's model id unless ``model`` is given (it must match).
+    """
+    enc, bundle = unpack(data, model, max_pixels)
+    return synthesize(enc, bundle)
+
+
+def info(data: bytes) -> FileInfo:
+    """Header and sizes of a .vqc file (the checksum is verified)."""
+    header, payload = container.unpack(data)
+    return FileInfo(header, len(data), len(payload))

@@ -1,0 +1,70 @@
+"""Image quality metrics with one documented definition each (see docs/metrics.md).
+
+All take two (H, W, 3) uint8 RGB images at full resolution (no resizing, no cropping):
+
+- ``psnr``: 10 log10(255^2 / MSE) over all RGB samples, 8-bit values.
+- ``ms_ssim``: pytorch-msssim's MS-SSIM on RGB, data_range 255 (images smaller than 161 px on a
+  side fall back to fewer scales, see ``ms_ssim``).
+- ``lpips_alex``: LPIPS v0.1 with AlexNet, inputs scaled to [-1, 1] (the headline metric).
+- ``dists``: DISTS, inputs in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM (5 scales, standard weights) when the image allows it, fewer scales otherwise."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    side = min(a.shape[:2])
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+    while len(weights) > 1 and side <= (11 - 1) * 2 ** (len(weights) - 1):
+        weights = weights[:-1]
+    w = torch.tensor(weights) / sum(weights)
+    return float(_ms_ssim(_t(a), _t(b), data_range=255, size_average=True, weights=w.tolist()))
+
+
+@lru_cache(maxsize=1)
+def _lpips_alex():
+    from vqcodec.perceptual import LPIPS
+
+    return LPIPS("alex")
+
+
+@lru_cache(maxsize=1)
+def _dists():
+    from vqcodec.perceptual import DISTS
+
+    return DISTS()
+
+
+@torch.inference_mode()
+def lpips_alex(a: np.ndarray, b: np.ndarray) -> float:
+    return float(_lpips_alex()(_t(a) / 127.5 - 1, _t(b) / 127.5 - 1)[0])
+
+
+@torch.inference_mode()
+def dists(a: np.ndarray, b: np.ndarray) -> float:
+    return float(_dists()(_t(a) / 255, _t(b) / 255)[0])
+
+
+ALL = {"psnr": psnr, "ms_ssim": ms_ssim, "lpips": lpips_alex, "dists": dists}
+
+
+def score(a: np.ndarray, b: np.ndarray, which: tuple[str, ...] = tuple(ALL)) -> dict[str, float]:
+    return {k: ALL[k](a, b) for k in which}

@@ -1,0 +1,1 @@
+"""Neural networks: autoencoders and quantizers. They know tensors, never files or bytes."""

@@ -1,0 +1,137 @@
+"""Vector quantizers behind one interface: ``quantize(z) -> indices (B, m, h, w)``, ``dequantize``.
+
+The container and the entropy coder only ever see ``(K, m, h, w)`` integers, so every quantizer
+here exposes ``codebook_size`` and ``m`` (indices per latent position). Plain VQ has ``m == 1``.
+
+The plain VQ uses a *cosine* codebook (both the latent and the codes are l2-normalised before the
+nearest-neighbour search, as in ViT-VQGAN): it keeps the codes on one scale with the encoder output,
+which is what keeps a 1024-code book alive when it is trained from scratch on little compute.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Unit-length along ``dim`` (the cosine transform applied to latents and codes)."""
+    return F.normalize(x, dim=dim, eps=1e-6)
+
+
+class Quantizer(Protocol):
+    """What the codec needs from a quantizer."""
+
+    codebook_size: int
+    m: int
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor: ...
+
+
+class CosineVQ(nn.Module):
+    """Plain VQ with an l2-normalised codebook, commitment loss and dead-code restarts.
+
+    Args:
+        codebook_size: number of codes (the base K, e.g. 1024).
+        dim: code dimension (the latent channels after ``quant_conv``).
+        beta: commitment weight (taming-transformers uses 0.25).
+        cosine: l2-normalise latents and codes (True); False is taming's Euclidean lookup, kept
+            so that a taming checkpoint behaves as trained.
+
+    ``forward(z)`` with ``z`` of shape (B, dim, h, w) returns ``(z_q, loss, indices)`` with the
+    straight-through estimator; ``quantize``/``dequantize`` are the inference pair. A reduced
+    codebook (K-means, see ``vqcodec.train.codebooks``) is swapped in with ``set_codebook``.
+    """
+
+    def __init__(self, codebook_size: int = 1024, dim: int = 16, beta: float = 0.25, cosine: bool = True) -> None:
+        super().__init__()
+        if codebook_size < 2 or dim < 1:
+            raise ValueError("codebook_size must be >= 2 and dim >= 1")
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.m = 1
+        self.beta = beta
+        self.cosine = cosine
+        self.embedding = nn.Embedding(codebook_size, dim)
+        nn.init.normal_(self.embedding.weight)
+        # usage statistics kept in buffers so that they travel with the checkpoint
+        self.register_buffer("usage", torch.zeros(codebook_size))
+
+    def codes(self, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """The codebook (K, dim) actually used for lookup and reconstruction.
+
+        ``codebook`` replaces the trained one (a K-means-reduced book of the same dimension).
+        """
+        w = self.embedding.weight if codebook is None else codebook
+        return l2norm(w) if self.cosine else w
+
+    def _prep(self, flat: torch.Tensor) -> torch.Tensor:
+        return l2norm(flat) if self.cosine else flat
+
+    def set_codebook(self, weight: torch.Tensor) -> None:
+        """Replace the codebook by ``weight`` (K', dim), e.g. a K-means-reduced one."""
+        weight = weight.detach().to(self.embedding.weight)
+        self.embedding = nn.Embedding(weight.shape[0], weight.shape[1])
+        self.embedding.weight.data.copy_(weight)
+        self.codebook_size = weight.shape[0]
+        self.usage = torch.zeros(weight.shape[0], device=weight.device)
+
+    def _nearest(self, z_flat: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """Index of the nearest code; argmin/argmax return the first optimum (deterministic)."""
+        codes = self.codes(codebook)
+        if self.cosine:
+            return (l2norm(z_flat) @ codes.t()).argmax(dim=1)
+        dist = (z_flat**2).sum(1, keepdim=True) - 2 * z_flat @ codes.t() + (codes**2).sum(1)[None]
+        return dist.argmin(dim=1)
+
+    def quantize(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, dim, h, w) latents -> (B, 1, h, w) int64 indices (into ``codebook`` if given)."""
+        b, c, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c)
+        return self._nearest(flat, codebook).view(b, 1, h, w)
+
+    def dequantize(self, indices: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, h, w) indices -> (B, dim, h, w) code vectors."""
+        if indices.dim() != 4 or indices.shape[1] != 1:
+            raise ValueError(f"expected indices of shape (B, 1, h, w), got {tuple(indices.shape)}")
+        q = F.embedding(indices[:, 0], self.codes(codebook))
+        return q.permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, c, h, w = z.shape
+        flat = self._prep(z.permute(0, 2, 3, 1).reshape(-1, c))
+        with torch.no_grad():
+            idx = self._nearest(flat)
+        q = F.embedding(idx, self.codes())
+        loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
+        q_st = flat + (q - flat).detach()
+        if self.training:
+            with torch.no_grad():
+                counts = torch.bincount(idx, minlength=self.codebook_size).float()
+                self.usage.mul_(0.99).add_(counts, alpha=0.01)
+                self._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]]
+        z_q = q_st.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return z_q, loss, idx.view(b, 1, h, w)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, threshold: float = 1e-3) -> int:
+        """Re-seed codes whose usage EMA fell below ``threshold`` with recent encoder outputs.
+
+        Returns how many codes were restarted. Called every few hundred steps by the trainer.
+        """
+        latents = getattr(self, "_last_latents", None)
+        if latents is None:
+            return 0
+        dead = (self.usage < threshold).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        pick = latents[torch.randint(0, latents.shape[0], (dead.numel(),), device=latents.device)]
+        noise = 0.01 * torch.randn_like(pick)
+        self.embedding.weight.data[dead] = pick + noise
+        self.usage[dead] = self.usage.mean()
+        return int(dead.numel())

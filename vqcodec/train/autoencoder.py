@@ -1,0 +1,374 @@
+"""Train the base VQ autoencoder: resumable, logged, validated, CPU or CUDA, optional DDP.
+
+Recipe (DESIGN.md measured it on this CPU): a warm-up on pixel losses (L1 + MSE) with small crops
+and big batches, then L1 + LPIPS-VGG (cut after relu3_3) on larger crops, then a PatchGAN hinge
+loss with feature matching once the reconstructions are stable. LPIPS-Alex is never a loss: it is
+the evaluation metric.
+
+State lives in ``<out>/last.ckpt`` (written atomically every ``--ckpt-minutes``), the log in
+``<out>/log.csv``, validation pictures in ``<out>/val_*.png``. ``--resume`` continues a run;
+``--init-from models/<bundle>`` starts a new run from a shipped bundle (a new machine has no
+run folder, but it has the committed bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+
+from vqcodec.nets.autoencoder import build_autoencoder
+from vqcodec.nets.discriminator import PatchDiscriminator
+from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
+
+
+@dataclass
+class Phase:
+    """One stage of the schedule: crop size, batch size and which losses are on."""
+
+    name: str
+    until: int  # last step (exclusive) of this phase; -1 = forever
+    crop: int
+    batch: int
+    lpips: float
+    mse: float
+    gan: bool
+
+
+def schedule(args: argparse.Namespace) -> list[Phase]:
+    return [
+        Phase("pixel", args.pixel_steps, args.pixel_crop, args.pixel_batch, 0.0, 1.0, False),
+        Phase("perceptual", args.gan_start, args.crop, args.batch, args.lpips_weight, 0.0, False),
+        Phase("gan", -1, args.crop, args.batch, args.lpips_weight, 0.0, True),
+    ]
+
+
+def phase_at(phases: list[Phase], step: int) -> Phase:
+    for p in phases:
+        if p.until < 0 or step < p.until:
+            return p
+    return phases[-1]
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1,1] after 8-bit rounding, averaged over the batch."""
+    a = ((x.clamp(-1, 1) + 1) * 127.5).round()
+    b = ((y.clamp(-1, 1) + 1) * 127.5).round()
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((10 * torch.log10(255.0**2 / mse)).mean())
+
+
+def save_grid(x: torch.Tensor, y: torch.Tensor, path: Path) -> None:
+    rows = torch.cat([x, y], dim=3)
+    img = torch.cat(list(rows), dim=1)
+    arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(arr).save(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vqc train", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/datasets/train")
+    ap.add_argument("--out", type=Path, default=Path("runs/base"))
+    ap.add_argument("--arch", default="vq-f16-small")
+    ap.add_argument("--resume", action="store_true", help="continue <out>/last.ckpt")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from a model bundle folder")
+    ap.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total")
+    ap.add_argument("--minutes", type=float, default=1e9, help="stop after this wall time")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--pixel-steps", type=int, default=2000)
+    ap.add_argument("--pixel-crop", type=int, default=64)
+    ap.add_argument("--pixel-batch", type=int, default=32)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lpips-weight", type=float, default=1.0)
+    ap.add_argument("--lpips-layers", type=int, default=3)
+    ap.add_argument("--gan-start", type=int, default=10**9, help="step where the GAN loss starts")
+    ap.add_argument("--gan-weight", type=float, default=0.1)
+    ap.add_argument("--fm-weight", type=float, default=1.0)
+    ap.add_argument("--restart-every", type=int, default=200, help="dead-code restart period")
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument("--val-minutes", type=float, default=15.0)
+    ap.add_argument("--n-val", type=int, default=8)
+    ap.add_argument("--max-side", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.ddp:
+            dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+        self.device = torch.device(args.device if args.device != "cuda" else f"cuda:{self.rank}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed + self.rank)
+        self.out: Path = args.out
+        self.main = self.rank == 0
+        self.model = build_autoencoder(args.arch).to(self.device)
+        self.disc = PatchDiscriminator().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.disc = self.disc.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.step = 0
+        self.elapsed = 0.0
+        self.lpips: torch.nn.Module | None = None
+        self.phases = schedule(args)
+        self._start()
+
+    # ---------------------------------------------------------------- state
+    def _start(self) -> None:
+        ckpt = self.out / "last.ckpt"
+        if self.args.resume:
+            if not ckpt.is_file():
+                raise SystemExit(f"--resume: {ckpt} does not exist")
+            state = torch.load(ckpt, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.disc.load_state_dict(state["disc"])
+            self.opt.load_state_dict(state["opt"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.step, self.elapsed = state["step"], state["elapsed"]
+            random.setstate(state["py_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            self.log(f"resumed {ckpt} at step {self.step}")
+            return
+        if ckpt.exists():
+            raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+        if self.args.init_from is not None:
+            from vqcodec.zoo import load_bundle_state
+
+            cfg, sd, record = load_bundle_state(self.args.init_from)
+            if cfg != self.model.config:
+                self.model = build_autoencoder(cfg).to(self.device)
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
+            self.model.load_state_dict(sd, strict=False)
+            self.step = int(record.get("steps", 0))
+            self.elapsed = float(record.get("seconds", 0.0))
+            self.log(f"initialised from bundle {self.args.init_from} (step {self.step})")
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def save(self) -> None:
+        if not self.main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "disc": self.disc.state_dict(),
+            "opt": self.opt.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "config": self.model.config.to_dict(),
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+            "py_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        atomic_save(state, self.out / "last.ckpt")
+
+    def log(self, msg: str) -> None:
+        if self.main:
+            print(f"[{time.strftime('%H:%M:%S')}] step {self.step}: {msg}", flush=True)
+
+    # ---------------------------------------------------------------- data
+    def _load_images(self) -> None:
+        files = list_images(self.args.data)
+        train, val = split_holdout(files, self.args.n_val)
+        t = time.time()
+        self.train_images = [load_rgb(p, self.args.max_side) for p in train]
+        self.val_batch = center_crops([load_rgb(p, self.args.max_side) for p in val], 256).to(self.device)
+        self.log(f"cached {len(train)} training photos, {len(val)} held out ({time.time() - t:.0f}s)")
+
+    def _loader(self, phase: Phase):
+        ds = CropStream(self.train_images, phase.crop, seed=self.args.seed * 7919 + self.step + self.rank)
+        dl = torch.utils.data.DataLoader(
+            ds, batch_size=phase.batch, num_workers=self.args.workers,
+            persistent_workers=self.args.workers > 0, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        return iter(dl)
+
+    # ---------------------------------------------------------------- losses
+    def _lpips(self) -> torch.nn.Module:
+        if self.lpips is None:
+            from vqcodec.perceptual import LPIPS
+
+            self.lpips = LPIPS("vgg", layers=self.args.lpips_layers).to(self.device)
+        return self.lpips
+
+    def _adaptive_lr(self) -> float:
+        warm = 200
+        return self.args.lr * min(1.0, (self.step + 1) / warm)
+
+    def train_step(self, x: torch.Tensor, phase: Phase) -> dict[str, float]:
+        model, args = self.model, self.args
+        for g in self.opt.param_groups:
+            g["lr"] = self._adaptive_lr()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        with amp:
+            x_hat, qloss, idx = model(x)
+            x_hat = x_hat.float()
+            rec = F.l1_loss(x_hat, x)
+            loss = rec + qloss
+            logs = {"l1": rec.item(), "q": qloss.item()}
+            if phase.mse:
+                mse = F.mse_loss(x_hat, x)
+                loss = loss + phase.mse * mse
+                logs["mse"] = mse.item()
+            if phase.lpips:
+                lp = self._lpips()(x_hat, x).mean()
+                loss = loss + phase.lpips * lp
+                logs["lpips_vgg"] = lp.item()
+            if phase.gan:
+                logits, f_fake = self.disc(x_hat)
+                with torch.no_grad():
+                    _, f_real = self.disc(x)
+                g_loss = -logits.mean()
+                fm = sum(F.l1_loss(a, b) for a, b in zip(f_fake, f_real, strict=True)) / len(f_real)
+                loss = loss + args.gan_weight * g_loss + args.fm_weight * fm
+                logs["g"] = g_loss.item()
+                logs["fm"] = float(fm)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.ddp:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        self.opt.step()
+        if phase.gan:
+            with amp:
+                real, _ = self.disc(x)
+                fake, _ = self.disc(x_hat.detach())
+                d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if self.ddp:
+                for p in self.disc.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
+            self.opt_d.step()
+            logs["d"] = d_loss.item()
+        if self.step % args.restart_every == 0 and self.step > 0:
+            logs["restarted"] = model.quantize.restart_dead_codes()
+            if self.ddp:  # keep replicas identical after a restart
+                dist.broadcast(model.quantize.embedding.weight.data, 0)
+        logs["loss"] = loss.item()
+        return logs
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        xs, ys, idxs = self.val_batch, [], []
+        for i in range(0, xs.shape[0], 4):
+            idx = self.model.encode_indices(xs[i : i + 4])
+            ys.append(self.model.decode_indices(idx))
+            idxs.append(idx)
+        y = torch.cat(ys)
+        used = torch.unique(torch.cat(idxs)).numel() / self.model.quantize.codebook_size
+        res = {"val_psnr": psnr(y, xs), "val_lpips_vgg": float(self._lpips()(y, xs).mean()),
+               "val_usage": used, "train_usage": float((self.model.quantize.usage > 1e-3).float().mean())}  # fmt: skip
+        save_grid(xs[:4], y[:4], self.out / f"val_{self.step:07d}.png")
+        self.model.train()
+        return res
+
+    def run(self) -> None:
+        args = self.args
+        self._load_images()
+        self.model.train()
+        log_path = self.out / "log.csv"
+        fields = ["step", "phase", "seconds", "sec_per_step", "loss", "l1", "mse", "lpips_vgg", "q", "g", "fm",
+                  "d", "restarted", "val_psnr", "val_lpips_vgg", "val_usage", "train_usage"]  # fmt: skip
+        new = not log_path.exists()
+        logf = open(log_path, "a", newline="") if self.main else None
+        writer = csv.DictWriter(logf, fieldnames=fields, extrasaction="ignore") if logf else None
+        if writer and new:
+            writer.writeheader()
+        t_start = time.time()
+        last_ckpt = last_val = time.time()
+        phase = phase_at(self.phases, self.step)
+        it = self._loader(phase)
+        acc: dict[str, list[float]] = {}
+        t_log = time.time()
+        steps_since = 0
+        while self.step < args.steps and (time.time() - t_start) / 60 < args.minutes:
+            p = phase_at(self.phases, self.step)
+            if p.name != phase.name:
+                self.log(f"phase {phase.name} -> {p.name}")
+                phase, it = p, self._loader(p)
+            x = next(it).to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            logs = self.train_step(x, phase)
+            self.step += 1
+            steps_since += 1
+            for k, v in logs.items():
+                acc.setdefault(k, []).append(float(v))
+            now = time.time()
+            if steps_since >= 50 or now - last_ckpt > args.ckpt_minutes * 60:
+                self.elapsed += now - t_log
+                row = {k: round(float(np.mean(v)), 5) for k, v in acc.items()}
+                row.update(step=self.step, phase=phase.name, seconds=round(self.elapsed),
+                           sec_per_step=round((now - t_log) / steps_since, 3))  # fmt: skip
+                if now - last_val > args.val_minutes * 60:
+                    row.update(self.validate())
+                    last_val = time.time()
+                if writer:
+                    writer.writerow(row)
+                    logf.flush()
+                self.log(" ".join(f"{k}={v}" for k, v in row.items() if k != "step"))
+                acc, t_log, steps_since = {}, time.time(), 0
+                if now - last_ckpt > args.ckpt_minutes * 60:
+                    self.save()
+                    last_ckpt = time.time()
+        self.elapsed += time.time() - t_log
+        row = {"step": self.step, "phase": phase.name, "seconds": round(self.elapsed)}
+        row.update(self.validate())
+        if writer:
+            writer.writerow(row)
+            logf.close()
+        self.log(f"finished: {row}")
+        self.save()
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    Trainer(args).run()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Model bundles: ``models/<name>/manifest.json`` + safetensors, sha256-checked on load.
+
+A bundle holds the autoencoder weights (fp16 on disk, fp32 in memory), one codebook and one
+index-frequency table per supported K, and a manifest with the architecture config, the
+32-bit model id that .vqc headers carry, the sha256 of every file, how it was trained and what
+it scored. The manifest is the source of truth: config and hashes never come from tensor shapes.
+
+Bundles are searched in ``$VQC_MODELS`` (colon-separated folders) then the repository's
+``models/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vqcodec.entropy import FrequencyTable
+from vqcodec.errors import VqcModelError, VqcUsageError
+from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder
+
+DEFAULT_MODEL = "vqc-small"
+MANIFEST = "manifest.json"
+WEIGHTS = "autoencoder.safetensors"
+CODEBOOKS = "codebooks.safetensors"
+BUNDLE_FORMAT = 1
+
+
+def search_paths() -> list[Path]:
+    paths = [Path(p) for p in os.environ.get("VQC_MODELS", "").split(os.pathsep) if p]
+    return paths + [Path(__file__).resolve().parents[1] / "models"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle, ready to encode and decode."""
+
+    name: str
+    path: Path
+    manifest: dict
+    model: VQAutoencoder
+    codebooks: dict[int, torch.Tensor] = field(default_factory=dict)
+    tables: dict[int, FrequencyTable] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> int:
+        return int(self.manifest["model_id"], 16)
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return sorted(self.codebooks)
+
+    @property
+    def stride(self) -> int:
+        return self.model.stride
+
+    @property
+    def m(self) -> int:
+        return self.model.quantize.m
+
+    def codebook(self, k: int) -> torch.Tensor:
+        if k not in self.codebooks:
+            raise VqcUsageError(
+                f"codebook size {k} is not available in model {self.name!r}; "
+                f"choose one of {', '.join(map(str, self.codebook_sizes))}"
+            )
+        return self.codebooks[k]
+
+    def table(self, k: int) -> FrequencyTable:
+        self.codebook(k)
+        return self.tables[k]
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise VqcModelError(f"{folder}: no {MANIFEST}, not a model bundle") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise VqcModelError(f"{folder}/{MANIFEST}: unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise VqcModelError(f"{folder}: unsupported bundle format {manifest.get('format')!r}")
+    for key in ("name", "model_id", "arch", "config", "files", "codebook_sizes"):
+        if key not in manifest:
+            raise VqcModelError(f"{folder}/{MANIFEST}: missing {key!r}")
+    return manifest
+
+
+def _verified(folder: Path, manifest: dict, fname: str) -> Path:
+    path = folder / fname
+    want = manifest["files"].get(fname)
+    if want is None:
+        raise VqcModelError(f"{folder}: {fname} is not listed in the manifest")
+    if not path.is_file():
+        raise VqcModelError(f"{folder}: {fname} is missing")
+    if sha256_file(path) != want:
+        raise VqcModelError(f"{folder}: sha256 mismatch for {fname} (damaged or replaced file)")
+    return path
+
+
+def find_bundle(name_or_path: str | os.PathLike) -> Path:
+    """A bundle folder by path, or by name in the search paths."""
+    p = Path(name_or_path)
+    if (p / MANIFEST).is_file():
+        return p
+    for root in search_paths():
+        if (root / str(name_or_path) / MANIFEST).is_file():
+            return root / str(name_or_path)
+    raise VqcModelError(f"model {str(name_or_path)!r} not found; installed: {', '.join(available()) or 'none'}")
+
+
+def available() -> list[str]:
+    """Names of the bundles found in the search paths."""
+    names = []
+    for root in search_paths():
+        if root.is_dir():
+            names += sorted(d.name for d in root.iterdir() if (d / MANIFEST).is_file())
+    return list(dict.fromkeys(names))
+
+
+def manifests() -> list[tuple[Path, dict]]:
+    out = []
+    for name in available():
+        folder = find_bundle(name)
+        try:
+            out.append((folder, _read_manifest(folder)))
+        except VqcModelError:
+            continue
+    return out
+
+
+def find_by_id(model_id: int) -> Path:
+    """The installed bundle whose manifest carries ``model_id`` (what a .vqc header names)."""
+    for folder, man in manifests():
+        if int(man["model_id"], 16) == model_id:
+            return folder
+    have = ", ".join(f"{m['name']}={m['model_id']}" for _, m in manifests()) or "none"
+    raise VqcModelError(f"file needs model id {model_id:08x}, which no installed bundle has (installed: {have})")
+
+
+def load_bundle_state(folder: str | os.PathLike) -> tuple[AutoencoderConfig, dict, dict]:
+    """(config, fp32 state dict, training record) of a bundle: what a trainer resumes from."""
+    folder = find_bundle(folder)
+    manifest = _read_manifest(folder)
+    cfg = AutoencoderConfig.from_dict(manifest["config"])
+    sd = {k: v.float() for k, v in load_file(_verified(folder, manifest, WEIGHTS)).items()}
+    return cfg, sd, manifest.get("training", {})
+
+
+@lru_cache(maxsize=4)
+def _load_cached(folder: str, mtime: float) -> Bundle:
+    path = Path(folder)
+    manifest = _read_manifest(path)
+    try:
+        cfg = AutoencoderConfig.from_dict(manifest["config"])
+        model = build_autoencoder(cfg)
+        sd = load_file(_verified(path, manifest, WEIGHTS))
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        missing = [k for k in missing if not k.endswith("usage")]  # training statistics, not shipped
+        if missing or unexpected:
+            raise VqcModelError(
+                f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        cb = load_file(_verified(path, manifest, CODEBOOKS))
+    except VqcModelError:
+        raise
+    except Exception as e:  # a damaged bundle must not surface as a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise VqcModelError(f"{path}: cannot load weights ({type(e).__name__}: {first})") from None
+    model.eval().requires_grad_(False)
+    codebooks, tables = {}, {}
+    for k in manifest["codebook_sizes"]:
+        if f"codebook.{k}" not in cb or f"freq.{k}" not in cb:
+            raise VqcModelError(f"{path}: codebook or frequency table for K={k} missing")
+        codebooks[int(k)] = cb[f"codebook.{k}"].float()
+        tables[int(k)] = FrequencyTable(cb[f"freq.{k}"].numpy().astype(np.int64))
+    return Bundle(manifest["name"], path, manifest, model, codebooks, tables)
+
+
+def load_model(name_or_path: str | os.PathLike | None = None) -> Bundle:
+    """Load a bundle by name (default: the shipped default) or folder; sha256-verified."""
+    folder = find_bundle(name_or_path or DEFAULT_MODEL).resolve()
+    return _load_cached(str(folder), (folder / MANIFEST).stat().st_mtime)
+
+
+def save_bundle(
+    folder: Path,
+    name: str,
+    model: VQAutoencoder,
+    arch: str,
+    codebooks: dict[int, torch.Tensor],
+    tables: dict[int, FrequencyTable],
+    training: dict,
+    scores: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Write a bundle (fp16 weights) and its manifest; returns the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
+          if not k.endswith("usage")}  # fmt: skip
+    save_file(sd, str(folder / WEIGHTS))
+    cb: dict[str, torch.Tensor] = {}
+    for k in sorted(codebooks):
+        cb[f"codebook.{k}"] = codebooks[k].detach().float().contiguous()
+        cb[f"freq.{k}"] = torch.from_numpy(tables[k].counts.astype(np.int32))
+    save_file(cb, str(folder / CODEBOOKS))
+    files = {f: sha256_file(folder / f) for f in (WEIGHTS, CODEBOOKS)}
+    model_id = hashlib.sha256((files[WEIGHTS] + files[CODEBOOKS]).encode()).hexdigest()[:8]
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "model_id": model_id,
+        "arch": arch,
+        "config": model.config.to_dict(),
+        "quantizer": {"type": "vq", "m": 1, "cosine": model.config.cosine},
+        "codebook_sizes": sorted(int(k) for k in codebooks),
+        "files": files,
+        "training": training,
+        "scores": scores or {},
+        **(extra or {}),
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    _load_cached.cache_clear()
+    return manifest
