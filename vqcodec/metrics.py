@@ -3,8 +3,8 @@
 All take two (H, W, 3) uint8 RGB images at full resolution (no resizing, no cropping):
 
 - ``psnr``: 10 log10(255^2 / MSE) over all RGB samples, 8-bit values.
-- ``ms_ssim``: pytorch-msssim's MS-SSIM on RGB, data_range 255 (images smaller than 161 px on a
-  side fall back to fewer scales, see ``ms_ssim``).
+- ``ms_ssim``: pytorch-msssim's MS-SSIM on RGB, data_range 255, 5 scales, 11x11 Gaussian window;
+  undefined (NaN) for images under 161 px on a side, which 5 scales cannot cover.
 - ``lpips_alex``: LPIPS v0.1 with AlexNet, inputs scaled to [-1, 1] (the headline metric).
 - ``dists``: DISTS, inputs in [0, 1].
 """
@@ -19,7 +19,7 @@ import torch
 
 
 def _t(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -28,15 +28,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM (5 scales, standard weights) when the image allows it, fewer scales otherwise."""
+    """MS-SSIM (5 scales, standard weights); NaN when a side is under 161 px."""
     from pytorch_msssim import ms_ssim as _ms_ssim
 
-    side = min(a.shape[:2])
-    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
-    while len(weights) > 1 and side <= (11 - 1) * 2 ** (len(weights) - 1):
-        weights = weights[:-1]
-    w = torch.tensor(weights) / sum(weights)
-    return float(_ms_ssim(_t(a), _t(b), data_range=255, size_average=True, weights=w.tolist()))
+    if min(a.shape[:2]) <= 160:
+        return float("nan")
+    return float(_ms_ssim(_t(a), _t(b), data_range=255, size_average=True))
 
 
 @lru_cache(maxsize=1)

@@ -249,7 +249,7 @@ class Trainer:
                 fm = sum(F.l1_loss(a, b) for a, b in zip(f_fake, f_real, strict=True)) / len(f_real)
                 loss = loss + args.gan_weight * g_loss + args.fm_weight * fm
                 logs["g"] = g_loss.item()
-                logs["fm"] = float(fm)
+                logs["fm"] = float(fm.item())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.ddp:

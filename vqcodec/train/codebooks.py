@@ -48,7 +48,9 @@ def collect_latents(model: VQAutoencoder, images: list[np.ndarray]) -> torch.Ten
 def reduce_codebook(codes: torch.Tensor, usage: np.ndarray, k: int, cosine: bool, seed: int = 0) -> torch.Tensor:
     """Usage-weighted K-means of the (K0, d) base codebook down to (k, d)."""
     pts = (l2norm(codes) if cosine else codes).double().numpy()
-    if k >= pts.shape[0]:
+    if k > pts.shape[0]:
+        raise ValueError(f"cannot reduce {pts.shape[0]} codes to {k}")
+    if k == pts.shape[0]:
         return codes.clone()
     km = KMeans(n_clusters=k, n_init=4, random_state=seed)
     km.fit(pts, sample_weight=usage.astype(np.float64) + 1e-3)
@@ -61,6 +63,7 @@ def build_books(
     """Reduced codebooks, frequency tables and statistics for every K in ``sizes``."""
     q = model.quantize
     base = q.embedding.weight.detach().clone()
+    sizes = [k for k in sizes if k <= base.shape[0]]
     base_idx = q._nearest(latents)
     usage = np.bincount(base_idx.numpy(), minlength=base.shape[0])
     books, tables, stats = {}, {}, {}

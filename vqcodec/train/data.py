@@ -72,7 +72,7 @@ class CropStream(torch.utils.data.IterableDataset):
             patch = np.asarray(Image.fromarray(patch).resize((self.size, self.size), Image.Resampling.BICUBIC))
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
-        t = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float()
+        t = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float()
         return t / 127.5 - 1.0
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -91,5 +91,5 @@ def center_crops(images: list[np.ndarray], size: int) -> torch.Tensor:
         s = min(h, w)
         y, x = (h - s) // 2, (w - s) // 2
         sq = Image.fromarray(img[y : y + s, x : x + s]).resize((size, size), Image.Resampling.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(sq)).permute(2, 0, 1).float() / 127.5 - 1.0)
+        out.append(torch.from_numpy(np.array(sq)).permute(2, 0, 1).float() / 127.5 - 1.0)
     return torch.stack(out)

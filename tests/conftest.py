@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny randomly initialised bundle (seeded) and small test images.
+
+Nothing here touches the network; the tiny bundle is built in a temporary folder so the tests do
+not depend on the shipped model, except those marked to use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vqcodec.nets.autoencoder import ARCHS, AutoencoderConfig, build_autoencoder, register_arch
+from vqcodec.train.codebooks import build_books, collect_latents
+from vqcodec.zoo import load_model, save_bundle
+
+TINY = AutoencoderConfig(
+    channels=(32, 64, 64),
+    enc_res_blocks=(1, 1, 1),
+    dec_res_blocks=(1, 1, 1),
+    stem=4,
+    z_channels=64,
+    embed_dim=8,
+    n_embed=64,
+    cosine=True,
+    mid_attn=True,
+)
+if "test-tiny" not in ARCHS:
+    register_arch("test-tiny", TINY)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful test picture with some texture (deterministic)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack(
+        [
+            128 + 100 * np.sin(xx / 7 + seed),
+            128 + 100 * np.cos(yy / 11),
+            128 + 60 * np.sin((xx + yy) / 5),
+        ],
+        axis=-1,
+    )
+    img += rng.normal(0, 10, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def build_tiny_bundle(folder: Path, seed: int = 0, name: str = "tiny") -> Path:
+    torch.manual_seed(seed)
+    model = build_autoencoder(TINY).eval()
+    images = [make_image(64, 96, s) for s in range(4)]
+    latents = collect_latents(model, images)
+    books, tables, stats = build_books(model, latents, sizes=(8, 16, 32, 64))
+    save_bundle(folder, name, model, "test-tiny", books, tables, {"steps": 0, "seed": seed})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_bundle_dir):
+    return load_model(tiny_bundle_dir)
+
+
+@pytest.fixture()
+def models_env(tiny_bundle_dir, monkeypatch):
+    """Make the tiny bundle discoverable by id (for decoding without --model)."""
+    monkeypatch.setenv("VQC_MODELS", str(tiny_bundle_dir.parent))
+    return tiny_bundle_dir

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqcodec.cli import main
+
+from .conftest import make_image
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    p = tmp_path / "photo.png"
+    Image.fromarray(make_image(40, 72)).save(p)
+    return p
+
+
+def run(capsys, *args):
+    code = main(list(map(str, args)))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_encode_decode_info_round_trip(models_env, photo, tmp_path, capsys):
+    vqc = tmp_path / "photo.vqc"
+    code, _, err = run(capsys, "encode", photo, "-o", vqc, "--codebook", 16, "--model", models_env)
+    assert code == 0, err
+    assert "bpp" in err and "K=16" in err
+    code, out, _ = run(capsys, "info", vqc)
+    assert code == 0
+    assert "72x40" in out and "codebook size K  16" in out and "bpp" in out
+    png = tmp_path / "out.png"
+    code, _, err = run(capsys, "decode", vqc, "-o", png)
+    assert code == 0, err
+    assert np.asarray(Image.open(png)).shape == (40, 72, 3)
+
+
+def test_default_output_names(models_env, photo, capsys):
+    assert run(capsys, "encode", photo, "-k", 8, "--model", models_env, "-q")[0] == 0
+    assert photo.with_suffix(".vqc").exists()
+    assert run(capsys, "decode", photo.with_suffix(".vqc"), "-o", photo.parent / "d.webp", "-q")[0] == 0
+    assert Image.open(photo.parent / "d.webp").format == "WEBP"
+
+
+def test_models_lists_bundles(models_env, capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "tiny" in out and "8,16,32,64" in out
+
+
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["encode", "{photo}", "-k", "100", "--model", "{model}"], 2, "choose one of 8, 16, 32, 64"),
+        (["encode", "{photo}", "--bogus"], 2, "No such option"),
+        (["encode", "{photo}", "-k", "abc"], 2, "--codebook"),
+        (["encode", "{missing}", "--model", "{model}"], 1, "no such file"),
+        (["encode", "{notimage}", "--model", "{model}"], 1, "not an image"),
+        (["encode", "{photo}", "--model", "nonexistent-model"], 1, "not found"),
+        (["encode", "{photo}", "--model", "{model}", "--max-pixels", "100"], 1, "limit"),
+        (["decode", "{notimage}"], 1, "bad magic"),
+        (["decode", "{missing}"], 1, "no such file"),
+        (["info", "{notimage}"], 1, "bad magic"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(models_env, photo, tmp_path, capsys, args, code, needle):
+    (tmp_path / "notimage.png").write_bytes(b"hello")
+    subs = {"photo": photo, "model": models_env, "missing": tmp_path / "missing.png",
+            "notimage": tmp_path / "notimage.png"}  # fmt: skip
+    argv = [a.format(**subs) for a in args]
+    got, out, err = (
+        run(capsys, *argv, "-o", tmp_path / "out.bin") if args[0] in ("encode", "decode") else run(capsys, *argv)
+    )
+    assert got == code
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_truncated_file_leaves_no_output(models_env, photo, tmp_path, capsys):
+    vqc = tmp_path / "p.vqc"
+    assert run(capsys, "encode", photo, "-o", vqc, "-k", 16, "--model", models_env)[0] == 0
+    data = vqc.read_bytes()
+    for cut in (0, 5, len(data) // 2, len(data) - 1):
+        (tmp_path / "t.vqc").write_bytes(data[:cut])
+        code, _, err = run(capsys, "decode", tmp_path / "t.vqc", "-o", tmp_path / "t.png")
+        assert code == 1 and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "t.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_help_has_examples(capsys):
+    code, out, _ = run(capsys, "encode", "--help")
+    assert code == 0 and "vqc encode photo.png" in out

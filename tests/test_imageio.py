@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqcodec import imageio
+from vqcodec.errors import VqcImageError
+
+
+def test_modes_become_rgb(tmp_path):
+    base = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    cases = {
+        "L.png": Image.fromarray(base[..., 0]),
+        "P.png": Image.fromarray(base).convert("P"),
+        "RGBA.png": Image.fromarray(np.dstack([base, np.full((20, 30), 128, np.uint8)])),
+        "I16.png": Image.fromarray(base[..., 0].astype(np.uint16) * 257),
+        "CMYK.jpg": Image.fromarray(base).convert("CMYK"),
+    }
+    for name, im in cases.items():
+        p = tmp_path / name
+        im.save(p)
+        got = imageio.load_image(p)
+        assert got.pixels.shape == (20, 30, 3) and got.pixels.dtype == np.uint8, name
+        assert got.converted, name
+    gray = imageio.load_image(tmp_path / "I16.png").pixels
+    assert abs(int(gray[0, 0, 0]) - int(base[0, 0, 0])) <= 1
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    arr = np.zeros((4, 4, 4), np.uint8)
+    Image.fromarray(arr, "RGBA").save(tmp_path / "t.png")
+    assert (imageio.load_image(tmp_path / "t.png").pixels == 255).all()
+
+
+def test_exif_orientation(tmp_path):
+    im = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert imageio.load_image(tmp_path / "r.jpg").pixels.shape == (20, 10, 3)
+
+
+def test_unreadable_inputs(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(VqcImageError, match="not an image"):
+        imageio.load_image(tmp_path / "bad.png")
+    with pytest.raises(VqcImageError, match="no such file"):
+        imageio.load_image(tmp_path / "missing.png")
+    with pytest.raises(VqcImageError, match="directory"):
+        imageio.load_image(tmp_path)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(good)
+    (tmp_path / "trunc.png").write_bytes(good.read_bytes()[:60])
+    with pytest.raises(VqcImageError):
+        imageio.load_image(tmp_path / "trunc.png")
+
+
+def test_pixel_limit_checked_before_decoding(tmp_path):
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(VqcImageError, match="limit"):
+        imageio.load_image(tmp_path / "big.png", max_pixels=5000)
+
+
+def test_pad_to_multiple():
+    img = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(5, 3, 3)
+    out = imageio.pad_to_multiple(img, 16)
+    assert out.shape == (16, 16, 3)
+    assert np.array_equal(out[:5, :3], img)
+    assert imageio.pad_to_multiple(np.zeros((1, 1, 3), np.uint8), 16).shape == (16, 16, 3)
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path):
+    p = tmp_path / "x.bin"
+    imageio.atomic_write_bytes(p, b"abc")
+    assert p.read_bytes() == b"abc"
+    with pytest.raises(VqcImageError):
+        imageio.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "nodir" / "x.png")
+    imageio.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "y.jpg")
+    assert Image.open(tmp_path / "y.jpg").format == "JPEG"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["x.bin", "y.jpg"]

@@ -1,0 +1,57 @@
+"""Metric code against the official LPIPS-Alex / DISTS values of the shared calibration pairs."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqcodec import metrics
+from vqcodec.perceptual import LPIPS, weights_dir
+
+from .conftest import make_image
+
+CAL = weights_dir() / "calibration"
+needs_weights = pytest.mark.skipif(not (CAL / "values.csv").exists(), reason="../shared/weights not present")
+
+
+def load(p):
+    return np.array(Image.open(p).convert("RGB"), dtype=np.uint8)
+
+
+@needs_weights
+def test_lpips_alex_and_dists_match_official_values():
+    rows = list(csv.DictReader(open(CAL / "values.csv")))
+    assert len(rows) == 5
+    for r in rows:
+        a, b = load(CAL / r["ref_file"]), load(CAL / r["dist_file"])
+        assert metrics.lpips_alex(a, b) == pytest.approx(float(r["lpips_alex_here"]), abs=1e-4)
+        assert metrics.dists(a, b) == pytest.approx(float(r["dists_here"]), abs=1e-4)
+        assert float(r["lpips_alex_official"]) == pytest.approx(float(r["lpips_alex_here"]), abs=1e-4)
+
+
+@needs_weights
+def test_lpips_vgg_matches_reference_and_has_gradients():
+    r = next(csv.DictReader(open(CAL / "values.csv")))
+    a, b = load(CAL / r["ref_file"]), load(CAL / r["dist_file"])
+    net = LPIPS("vgg")
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        assert net(ta, tb).item() == pytest.approx(float(r["lpips_vgg_here"]), abs=1e-4)
+    x = tb[..., :64, :64].clone().requires_grad_(True)
+    LPIPS("vgg", layers=3)(x, ta[..., :64, :64]).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_psnr_and_ms_ssim_values():
+    a = make_image(200, 200)
+    assert metrics.psnr(a, a) == float("inf")
+    b = a.copy()
+    b[0, 0, 0] ^= 1  # one sample off by one: MSE = 1 / (200*200*3)
+    assert metrics.psnr(a, b) == pytest.approx(10 * np.log10(255**2 * 120000), rel=1e-9)
+    assert metrics.ms_ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).normal(0, 30, a.shape), 0, 255).astype(np.uint8)
+    assert 0 < metrics.ms_ssim(a, noisy) < 0.99
+    assert np.isnan(metrics.ms_ssim(a[:64, :64], noisy[:64, :64]))  # 5 scales need > 160 px

@@ -1,0 +1,76 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqcodec.perceptual import weights_dir
+from vqcodec.train import autoencoder, codebooks
+from vqcodec.train.data import CropStream, list_images, split_holdout
+from vqcodec.zoo import load_model
+
+from .conftest import make_image
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(12):
+        Image.fromarray(make_image(80 + i, 120, seed=i)).save(d / f"p{i:02d}.png")
+    return d
+
+
+def test_data_split_and_crops(photos):
+    files = list_images(photos)
+    train, val = split_holdout(files, 3)
+    assert len(train) == 9 and len(val) == 3 and not set(train) & set(val)
+    assert split_holdout(files, 3) == (train, val)
+    imgs = [np.asarray(Image.open(p)) for p in train]
+    it = iter(CropStream(imgs, 32, seed=1))
+    a = next(it)
+    assert a.shape == (3, 32, 32) and -1 <= a.min() and a.max() <= 1
+
+
+def test_kodak_is_refused(tmp_path):
+    (tmp_path / "kodak").mkdir()
+    Image.fromarray(make_image(8, 8)).save(tmp_path / "kodak" / "k.png")
+    with pytest.raises(ValueError, match="Kodak"):
+        list_images(tmp_path)
+
+
+def common(photos, out):
+    return ["--data", str(photos), "--out", str(out), "--arch", "test-tiny", "--pixel-crop", "32",
+            "--pixel-batch", "4", "--crop", "32", "--batch", "2", "--n-val", "2", "--workers", "0",
+            "--restart-every", "2", "--val-minutes", "0", "--threads", "1"]  # fmt: skip
+
+
+def test_train_resume_export(photos, tmp_path):
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    autoencoder.main(common(photos, out) + ["--steps", "3", "--pixel-steps", "100"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["step"] == 3
+    with pytest.raises(SystemExit, match="exists"):
+        autoencoder.main(common(photos, out) + ["--steps", "4"])
+    autoencoder.main(common(photos, out) + ["--steps", "5", "--pixel-steps", "100", "--resume"])
+    assert torch.load(out / "last.ckpt", weights_only=False)["step"] == 5
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[-1]["step"] == "5" and float(rows[-1]["val_psnr"]) > 0
+    assert list(out.glob("val_*.png"))
+    codebooks.main([str(out / "last.ckpt"), "--out", str(tmp_path / "bundle"), "--name", "t", "--arch",
+                    "test-tiny", "--data", str(photos), "--images", "4"])  # fmt: skip
+    bundle = load_model(tmp_path / "bundle")
+    assert bundle.manifest["training"]["steps"] == 5
+    assert bundle.codebook_sizes == [8, 16, 32, 64]
+
+
+@pytest.mark.skipif(not (weights_dir() / "vgg16_features_torchvision_IMAGENET1K_V1.pth").exists(),
+                    reason="VGG weights not present")  # fmt: skip
+def test_perceptual_and_gan_phases_run(photos, tmp_path):
+    out = tmp_path / "run"
+    autoencoder.main(common(photos, out) + ["--steps", "4", "--pixel-steps", "1", "--gan-start", "3"])
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[-1]["phase"] == "gan"
+    assert float(rows[-1]["val_lpips_vgg"]) > 0
