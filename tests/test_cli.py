@@ -92,3 +92,59 @@ def test_truncated_file_leaves_no_output(models_env, photo, tmp_path, capsys):
 def test_help_has_examples(capsys):
     code, out, _ = run(capsys, "encode", "--help")
     assert code == 0 and "vqc encode photo.png" in out
+
+
+def test_batch_encode_and_decode_folders(models_env, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(make_image(32 + 16 * i, 48, seed=i)).save(src / f"im{i}.png")
+    (src / "broken.png").write_bytes(b"nope")
+    (src / "notes.txt").write_text("ignored")
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "vqc", "-k", 16, "--model", models_env, "-j", 2)
+    assert code == 1  # one file failed, the others were written
+    assert "broken.png: not an image" in err and "mean bpp" in err
+    assert sorted(p.name for p in (tmp_path / "vqc").iterdir()) == ["im0.vqc", "im1.vqc", "im2.vqc"]
+    code, _, err = run(capsys, "decode", str(tmp_path / "vqc" / "*.vqc"), "-o", tmp_path / "png", "--format", "webp")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["im0.webp", "im1.webp", "im2.webp"]
+    assert Image.open(tmp_path / "png" / "im2.webp").size == (48, 64)
+
+
+def test_batch_usage_errors(models_env, photo, tmp_path, capsys):
+    assert run(capsys, "encode", str(tmp_path / "*.nothing"), "--model", models_env)[0] == 2
+    assert run(capsys, "encode", photo, photo, "-o", "-", "--model", models_env)[0] == 2
+    assert run(capsys, "encode", photo, photo, "-o", photo, "--model", models_env)[0] == 2
+    assert run(capsys, "decode", photo, "--format", "nope")[0] == 2
+
+
+def test_stdin_to_stdout(models_env, photo, tmp_path):
+    import subprocess
+    import sys
+
+    env = {"VQC_MODELS": str(models_env.parent), "PATH": "/usr/bin:/bin"}
+    enc = subprocess.run([sys.executable, "-m", "vqcodec.cli", "encode", "-", "-o", "-", "-k", "16", "--model",
+                          str(models_env)], input=photo.read_bytes(), capture_output=True, env=env, check=True)  # fmt: skip
+    assert enc.stdout[:3] == b"VQC"
+    dec = subprocess.run([sys.executable, "-m", "vqcodec.cli", "decode", "-", "-o", "-"], input=enc.stdout,
+                         capture_output=True, env=env, check=True)  # fmt: skip
+    assert dec.stdout[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-m", "vqcodec.cli", "decode", "-", "-o", "-"], input=b"VQC\x01junk",
+                         capture_output=True, env=env)  # fmt: skip
+    assert bad.returncode == 1 and bad.stdout == b"" and len(bad.stderr.decode().strip().splitlines()) == 1
+
+
+def test_models_show_and_verify(models_env, tmp_path, capsys):
+    code, out, _ = run(capsys, "models", "show", models_env)
+    assert code == 0 and '"model_id"' in out
+    code, out, _ = run(capsys, "models", "verify", models_env)
+    assert code == 0 and "OK" in out
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(models_env, copy)
+    with open(copy / "autoencoder.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    code, _, err = run(capsys, "models", "verify", copy)
+    assert code == 1 and "sha256 mismatch" in err

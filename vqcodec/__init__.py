@@ -1,13 +1,15 @@
 """vqcodec: extreme-low-bitrate image compression with VQGAN index maps.
 
 >>> import numpy as np, vqcodec
->>> img = np.zeros((40, 56, 3), np.uint8)
->>> data = vqcodec.encode(img, codebook_size=64)      # .vqc bytes
->>> vqcodec.decode(data).shape
-(40, 56, 3)
+>>> data = vqcodec.encode(np.zeros((40, 56, 3), np.uint8), codebook=64)   # .vqc bytes
+>>> vqcodec.decode(data).size                                             # a PIL image
+(56, 40)
+>>> vqcodec.info(data).header.codebook_size
+64
 """
 
-from vqcodec.codec import Encoded, FileInfo, decode, encode, info
+from vqcodec.api import decode, decode_array, encode
+from vqcodec.codec import Encoded, FileInfo, info
 from vqcodec.errors import VqcError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
 from vqcodec.imageio import load_image, save_image
 from vqcodec.zoo import Bundle, available, load_model
@@ -25,6 +27,7 @@ __all__ = [
     "VqcUsageError",
     "available",
     "decode",
+    "decode_array",
     "encode",
     "info",
     "load_image",

@@ -2,21 +2,30 @@
 
 Every failure a user can cause ends in one line on stderr and a non-zero exit: 2 for usage
 errors (bad flags, unavailable K), 1 for bad data (unreadable image, corrupt .vqc, wrong model).
-Outputs are written atomically, so a failed run leaves no partial file.
+Outputs are written atomically, so a failed run leaves no partial file. An existing output is
+replaced, as cjxl, cwebp and bpgenc do (the atomic rename means it is never half-replaced).
 """
 
 from __future__ import annotations
 
+import glob
+import io
 import os
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vqcodec.errors import VqcError, VqcUsageError
+from vqcodec.imageio import MAX_PIXELS
 
 app = typer.Typer(
     name="vqc",
@@ -24,6 +33,7 @@ app = typer.Typer(
     "Examples:\n\n"
     "  vqc encode photo.png -o photo.vqc --codebook 64\n\n"
     "  vqc decode photo.vqc -o photo.out.png\n\n"
+    "  vqc encode photos/ -o compressed/ --jobs 2\n\n"
     "  vqc info photo.vqc\n\n"
     "  vqc models",
     no_args_is_help=True,
@@ -31,75 +41,218 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+models_app = typer.Typer(help="List, show and verify model bundles.", no_args_is_help=False)
+app.add_typer(models_app, name="models")
 err = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(soft_wrap=True)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
+GLOB_CHARS = set("*?[")
 
 
-def _status(msg: str, quiet: bool):
-    return err.status(msg) if not quiet and err.is_terminal else _Nothing()
+@dataclass
+class Job:
+    src: Path | None  # None: stdin
+    dst: Path | None  # None: stdout
 
 
-class _Nothing:
-    def __enter__(self):
-        return self
+@dataclass
+class Result:
+    job: Job
+    ok: bool
+    message: str
+    in_bytes: int = 0
+    out_bytes: int = 0
+    pixels: int = 0
 
-    def __exit__(self, *exc):
-        return False
+
+def _expand(inputs: list[str], suffixes: set[str]) -> tuple[list[Path | None], bool]:
+    """Inputs -> files; batch is True for a folder, a glob or several inputs."""
+    files: list[Path | None] = []
+    batch = len(inputs) > 1
+    for s in inputs:
+        if s == "-":
+            files.append(None)
+        elif Path(s).is_dir():
+            batch = True
+            files += sorted(p for p in Path(s).iterdir() if p.suffix.lower() in suffixes and p.is_file())
+        elif GLOB_CHARS & set(s):
+            batch = True
+            files += sorted(Path(p) for p in glob.glob(s) if Path(p).is_file())
+        else:
+            files.append(Path(s))
+    if batch and None in files:
+        raise VqcUsageError("'-' (stdin) cannot be combined with other inputs")
+    if batch and not files:
+        raise VqcUsageError(f"no input files matched {' '.join(inputs)}")
+    return files, batch
+
+
+def _plan(files: list[Path | None], batch: bool, output: str | None, suffix: str) -> list[Job]:
+    if not batch:
+        src = files[0]
+        if output == "-":
+            return [Job(src, None)]
+        if output is None:
+            if src is None:
+                raise VqcUsageError("reading stdin needs -o FILE or -o -")
+            return [Job(src, src.with_suffix(suffix))]
+        return [Job(src, Path(output))]
+    if output == "-":
+        raise VqcUsageError("several inputs cannot be written to stdout")
+    if output is not None:
+        outdir = Path(output)
+        if outdir.exists() and not outdir.is_dir():
+            raise VqcUsageError(f"{outdir} is a file; several inputs need an output directory")
+        outdir.mkdir(parents=True, exist_ok=True)
+    jobs = [Job(f, (Path(output) if output else f.parent) / (f.stem + suffix)) for f in files]
+    seen: dict[Path, Path] = {}
+    for j in jobs:
+        if j.dst in seen:
+            raise VqcUsageError(f"{seen[j.dst]} and {j.src} would both be written to {j.dst}")
+        seen[j.dst] = j.src
+    return jobs
+
+
+def _run(jobs: list[Job], work: Callable[[Job], Result], n_jobs: int, quiet: bool, what: str) -> list[Result]:
+    if n_jobs < 1:
+        raise VqcUsageError("--jobs must be at least 1")
+    if len(jobs) == 1:
+        r = work(jobs[0])
+        if not r.ok:
+            raise VqcError(r.message)
+        return [r]
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
+    results: list[Result] = []
+    progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                        disable=quiet)  # fmt: skip
+    with progress, ThreadPoolExecutor(n_jobs) as pool:
+        task = progress.add_task(what, total=len(jobs))
+        for r in pool.map(work, jobs):
+            results.append(r)
+            progress.advance(task)
+            if not r.ok:
+                err.print(f"vqc: error: {r.message}", highlight=False)
+    return results
+
+
+def _summary(results: list[Result], quiet: bool, rate: bool) -> int:
+    ok = [r for r in results if r.ok]
+    failed = len(results) - len(ok)
+    if not quiet and len(results) > 1:
+        t = Table("files", "failed", "bytes in", "bytes out", "mean bpp" if rate else "pixels")
+        pix = sum(r.pixels for r in ok)
+        mean_bpp = sum((r.out_bytes if rate else r.in_bytes) * 8 / r.pixels for r in ok) / max(len(ok), 1)
+        t.add_row(str(len(results)), str(failed), str(sum(r.in_bytes for r in ok)),
+                  str(sum(r.out_bytes for r in ok)), f"{mean_bpp:.4f}" if rate else str(pix))  # fmt: skip
+        err.print(t)
+    return 1 if failed else 0
 
 
 @app.command()
 def encode(
-    image: Annotated[Path, typer.Argument(help="input image (any format Pillow reads)")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="output .vqc (default: IMAGE.vqc)")] = None,
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders, globs, or - for stdin")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="output file, folder (batch) or -")] = None,
     codebook: Annotated[int, typer.Option("-k", "--codebook", help="codebook size K: the rate knob")] = 64,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="fixed-width indices, no entropy coding")] = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 4096 * 4096,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
-    """Compress IMAGE to a .vqc file.
+    """Compress images to .vqc files.
 
-    Example: vqc encode photo.png -o photo.vqc --codebook 64
+    Examples: vqc encode photo.png -o photo.vqc --codebook 64 ;
+    vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc
     """
     from vqcodec import codec, imageio, zoo
     from vqcodec.container import CodingMode
 
-    output = output or image.with_suffix(".vqc")
+    files, batch = _expand(inputs, IMAGE_SUFFIXES)
+    plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
     bundle.codebook(codebook)  # fail early on an unavailable K
-    img = imageio.load_image(image, max_pixels)
-    with _status(f"encoding {image.name} at K={codebook}", quiet):
-        data = codec.encode(img.pixels, codebook, bundle, CodingMode.RAW if raw else CodingMode.STATIC,
-                            max_pixels)  # fmt: skip
-    imageio.atomic_write_bytes(output, data)
-    if not quiet:
+    mode = CodingMode.RAW if raw else CodingMode.STATIC
+
+    def work(job: Job) -> Result:
+        try:
+            src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
+            img = imageio.load_image(src, max_pixels)
+            data = codec.encode(img.pixels, codebook, bundle, mode, max_pixels)
+            if job.dst is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                imageio.atomic_write_bytes(job.dst, data)
+        except VqcError as e:
+            if not batch:
+                raise
+            return Result(job, False, _one_line(str(e)))
         h, w = img.pixels.shape[:2]
         note = f" (converted {img.source_mode} to RGB)" if img.converted else ""
-        err.print(f"{image} {w}x{h}{note} -> {output}: {len(data)} bytes, "
-                  f"{len(data) * 8 / (w * h):.4f} bpp, K={codebook}, model {bundle.name}", highlight=False)  # fmt: skip
+        size = job.src.stat().st_size if job.src is not None else 0
+        msg = (f"{job.src or '<stdin>'} {w}x{h}{note} -> {job.dst or '<stdout>'}: {len(data)} bytes, "
+               f"{len(data) * 8 / (w * h):.4f} bpp, K={codebook}, model {bundle.name}")  # fmt: skip
+        return Result(job, True, msg, size, len(data), w * h)
+
+    t0 = time.time()
+    results = _run(plan, work, jobs, quiet, f"encoding K={codebook}")
+    if not quiet and not batch:
+        err.print(results[0].message, highlight=False)
+    code = _summary(results, quiet, rate=True)
+    if not quiet and batch:
+        err.print(f"{len(results)} files in {time.time() - t0:.1f}s", highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command()
 def decode(
-    file: Annotated[Path, typer.Argument(help="input .vqc file")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="output image; format from suffix")] = None,
+    inputs: Annotated[list[str], typer.Argument(help=".vqc files, folders, globs, or - for stdin")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="output image, folder (batch) or -")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="image format for batch output / stdout")] = "png",
     model: Annotated[str | None, typer.Option("--model", help="model bundle (default: from the file's id)")] = None,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 4096 * 4096,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
-    """Decompress a .vqc FILE to an image (PNG unless the suffix says otherwise).
+    """Decompress .vqc files to images (PNG unless the suffix or --format says otherwise).
 
-    Example: vqc decode photo.vqc -o photo.out.png
+    Examples: vqc decode photo.vqc -o photo.out.png ; vqc decode out/ -o png/ ; vqc decode - -o - < a.vqc > a.png
     """
+    from PIL import Image
+
     from vqcodec import codec, imageio
 
-    output = output or file.with_suffix(".png")
-    data = _read(file)
-    with _status(f"decoding {file.name}", quiet):
-        pixels = codec.decode(data, model, max_pixels)
-    imageio.save_image(pixels, output)
-    if not quiet:
-        err.print(f"{file} -> {output}: {pixels.shape[1]}x{pixels.shape[0]}", highlight=False)
+    suffix = "." + fmt.lower().lstrip(".")
+    if Image.registered_extensions().get(suffix) is None:
+        raise VqcUsageError(f"unknown image format {fmt!r}")
+    files, batch = _expand(inputs, {".vqc"})
+    plan = _plan(files, batch, output, suffix)
+
+    def work(job: Job) -> Result:
+        try:
+            data = _read(job.src) if job.src is not None else sys.stdin.buffer.read()
+            pixels = codec.decode(data, model, max_pixels)
+            if job.dst is None:
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format=Image.registered_extensions()[suffix])
+                sys.stdout.buffer.write(buf.getvalue())
+                sys.stdout.buffer.flush()
+            else:
+                imageio.save_image(pixels, job.dst)
+        except VqcError as e:
+            if not batch:
+                raise
+            return Result(job, False, _one_line(str(e)))
+        h, w = pixels.shape[:2]
+        msg = f"{job.src or '<stdin>'} -> {job.dst or '<stdout>'}: {w}x{h}"
+        return Result(job, True, msg, len(data), 0, w * h)
+
+    results = _run(plan, work, jobs, quiet, "decoding")
+    if not quiet and not batch:
+        err.print(results[0].message, highlight=False)
+    raise typer.Exit(_summary(results, quiet, rate=False))
 
 
 @app.command()
@@ -127,22 +280,58 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
         out.print(f"{k:16s} {v}", highlight=False)
 
 
-@app.command()
-def models() -> None:
+@models_app.callback(invoke_without_command=True)
+def models_default(ctx: typer.Context) -> None:
+    """List the installed model bundles (same as `vqc models list`)."""
+    if ctx.invoked_subcommand is None:
+        models_list()
+
+
+@models_app.command("list")
+def models_list() -> None:
     """List the installed model bundles and their codebook sizes."""
     from vqcodec import zoo
 
-    t = Table("name", "model id", "arch", "K", "Kodak LPIPS K=64", "path")
     found = zoo.manifests()
+    if not found:
+        raise VqcUsageError("no model bundles found (looked in: " + ", ".join(map(str, zoo.search_paths())) + ")")
+    t = Table("name", "model id", "arch", "K", "Kodak LPIPS @K=64", "path")
     for folder, m in found:
         s = m.get("scores", {}).get("64", {})
-        lp = f"{s['lpips']:.3f}" if "lpips" in s else "-"
+        lp = f"{s['lpips']:.3f}" if isinstance(s, dict) and "lpips" in s else "-"
         default = " (default)" if m["name"] == zoo.DEFAULT_MODEL else ""
         t.add_row(m["name"] + default, m["model_id"], m["arch"], ",".join(map(str, m["codebook_sizes"])), lp,
                   str(folder))  # fmt: skip
-    if not found:
-        raise VqcUsageError("no model bundles found (looked in: " + ", ".join(map(str, zoo.search_paths())) + ")")
     out.print(t)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="bundle name or folder")] = "") -> None:
+    """Show a bundle's manifest: config, K values, files, training record and scores."""
+    import json
+
+    from vqcodec import zoo
+
+    folder = zoo.find_bundle(name or zoo.DEFAULT_MODEL)
+    out.print_json(json.dumps(zoo._read_manifest(folder)))
+
+
+@models_app.command("verify")
+def models_verify(name: Annotated[str | None, typer.Argument(help="bundle (default: all installed)")] = None) -> None:
+    """Check every file of a bundle (or of all bundles) against its sha256 and load it."""
+    from vqcodec import zoo
+
+    names = [name] if name else zoo.available()
+    bad = 0
+    for n in names:
+        try:
+            b = zoo.load_model(n)
+            out.print(f"{b.name} ({b.manifest['model_id']}): OK, {len(b.manifest['files'])} files verified",
+                      highlight=False)  # fmt: skip
+        except VqcError as e:
+            bad += 1
+            err.print(f"vqc: error: {_one_line(str(e))}", highlight=False)
+    raise typer.Exit(1 if bad else 0)
 
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -174,6 +363,8 @@ def _read(path: Path) -> bytes:
         raise VqcError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise VqcError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise VqcError(f"{path}: permission denied") from None
     except OSError as e:
         raise VqcError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -199,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
             typer.echo(ctx.get_help(), err=True)
         else:
-            typer.echo(f"vqc: error: {e.format_message()}", err=True)
+            typer.echo(f"vqc: error: {_one_line(e.format_message())}", err=True)
         return int(getattr(e, "exit_code", 2))
     except typer.Abort:
         typer.echo("vqc: aborted", err=True)

@@ -107,9 +107,8 @@ def encode(
 ) -> bytes:
     """Compress an (H, W, 3) uint8 RGB image to .vqc bytes.
 
-    >>> import numpy as np, vqcodec
-    >>> data = vqcodec.encode(np.zeros((40, 56, 3), np.uint8), codebook_size=64)
-    >>> data[:3]
+    >>> import numpy as np
+    >>> encode(np.zeros((40, 56, 3), np.uint8), codebook_size=64)[:3]
     b'VQC'
     """
     bundle = model if isinstance(model, Bundle) else load_model(model)

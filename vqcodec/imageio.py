@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,9 +37,11 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         raise VqcImageError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read any Pillow-readable image as 8-bit RGB (EXIF-oriented)."""
-    path = Path(path)
+def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Read any Pillow-readable image (a path or a binary file object) as 8-bit RGB, EXIF-oriented."""
+    if not hasattr(path, "read"):
+        path = Path(path)
+    label = path if isinstance(path, Path) else "<stdin>"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,15 +55,17 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedI
     except VqcImageError:
         raise
     except FileNotFoundError:
-        raise VqcImageError(f"{path}: no such file") from None
+        raise VqcImageError(f"{label}: no such file") from None
     except IsADirectoryError:
-        raise VqcImageError(f"{path}: is a directory") from None
+        raise VqcImageError(f"{label}: is a directory") from None
+    except PermissionError:
+        raise VqcImageError(f"{label}: permission denied") from None
     except UnidentifiedImageError:
-        raise VqcImageError(f"{path}: not an image Pillow can read") from None
+        raise VqcImageError(f"{label}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VqcImageError(f"{path}: too many pixels ({e})") from None
+        raise VqcImageError(f"{label}: too many pixels ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise VqcImageError(f"{path}: cannot decode image ({e})") from None
+        raise VqcImageError(f"{label}: cannot decode image ({e})") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -1,0 +1,111 @@
+"""Score a model bundle on Kodak for every codebook size: bpp, PSNR, MS-SSIM, LPIPS-Alex, DISTS.
+
+bpp counts the whole .vqc file (header and checksum included). Metrics follow docs/metrics.md
+(full-resolution RGB). Prints a table, writes a per-image CSV and a per-K summary CSV, and with
+``--update-manifest`` stores the per-K means in the bundle's manifest (the weights, hence the model
+id, are unchanged).
+
+    python benchmarks/evaluate.py                       # default bundle, all K, 24 Kodak images
+    python benchmarks/evaluate.py --ks 64 1024 --limit 8 --model models/vqc-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vqcodec import codec, metrics  # noqa: E402
+from vqcodec.imageio import load_image  # noqa: E402
+from vqcodec.zoo import MANIFEST, load_model  # noqa: E402
+
+KODAK = REPO.parent / "shared" / "datasets" / "kodak"
+FIELDS = ["bpp", "psnr", "ms_ssim", "lpips", "dists"]
+
+
+def evaluate(bundle, images: list[Path], ks: list[int], progress=True) -> list[dict]:
+    rows = []
+    for k in ks:
+        t0 = time.time()
+        for p in images:
+            img = load_image(p).pixels
+            data = codec.encode(img, k, bundle)
+            rec = codec.decode(data, bundle)
+            row = {"image": p.name, "K": k, "bytes": len(data), "bpp": len(data) * 8 / (img.shape[0] * img.shape[1])}
+            row.update(metrics.score(img, rec))
+            rows.append(row)
+        if progress:
+            m = summarize([r for r in rows if r["K"] == k])[0]
+            print(f"K={k:5d}  " + "  ".join(f"{f}={m[f]:.4f}" for f in FIELDS) + f"  ({time.time() - t0:.0f}s)",
+                  flush=True)  # fmt: skip
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    for k in sorted({r["K"] for r in rows}):
+        sel = [r for r in rows if r["K"] == k]
+        out.append({"K": k, "n": len(sel), **{f: float(np.mean([r[f] for r in sel])) for f in FIELDS}})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="bundle name or folder (default: the default bundle)")
+    ap.add_argument("--data", type=Path, default=KODAK)
+    ap.add_argument("--ks", type=int, nargs="*", default=None, help="codebook sizes (default: all)")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N images")
+    ap.add_argument("--out", type=Path, default=REPO / "bench_out")
+    ap.add_argument("--update-manifest", action="store_true")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("VQC_THREADS", "0")))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_model(args.model)
+    images = sorted(args.data.glob("*.png"))
+    if args.limit:
+        images = images[: args.limit]
+    if not images:
+        raise SystemExit(f"no PNG images in {args.data}")
+    ks = args.ks or bundle.codebook_sizes
+    print(f"model {bundle.name} ({bundle.manifest['model_id']}), {len(images)} images from {args.data}")
+    rows = evaluate(bundle, images, ks)
+    summary = summarize(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"{bundle.name}_{bundle.manifest['model_id']}"
+    with open(args.out / f"eval_{tag}_images.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "K", "bytes", *FIELDS])
+        w.writeheader()
+        w.writerows(rows)
+    with open(args.out / f"eval_{tag}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["K", "n", *FIELDS])
+        w.writeheader()
+        w.writerows(summary)
+    print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS |\n|---|---|---|---|---|---|")
+    for s in summary:
+        print(
+            f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |"
+        )
+    if args.update_manifest:
+        path = bundle.path / MANIFEST
+        man = json.loads(path.read_text())
+        man.setdefault("scores", {})
+        for s in summary:
+            man["scores"][str(s["K"])] = {f: round(s[f], 5) for f in FIELDS} | {"images": s["n"]}
+        man["scores"]["dataset"] = f"Kodak ({len(images)} images), full-resolution RGB; benchmarks/evaluate.py"
+        path.write_text(json.dumps(man, indent=1) + "\n")
+        print(f"scores written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vqcodec
+import vqcodec.pillow  # noqa: F401  (registers the plugin)
+from vqcodec.errors import VqcUsageError
+from vqcodec.pillow import register_vqc_opener
+
+from .conftest import make_image
+
+
+def test_encode_accepts_arrays_pil_and_paths(tiny, tmp_path):
+    arr = make_image(40, 56)
+    a = vqcodec.encode(arr, 16, tiny)
+    assert vqcodec.encode(Image.fromarray(arr), 16, tiny) == a
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    assert vqcodec.encode(tmp_path / "a.png", 16, tiny) == a
+    assert vqcodec.encode(str(tmp_path / "a.png"), 16, tiny) == a
+    gray = vqcodec.encode(arr[..., 0], 16, tiny)
+    assert vqcodec.decode(gray, tiny).size == (56, 40)
+    out = vqcodec.decode(a, tiny)
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (56, 40)
+    assert vqcodec.decode_array(a, tiny).shape == (40, 56, 3)
+    assert vqcodec.info(a).header.codebook_size == 16
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 4), np.uint8), 42])
+def test_encode_rejects_bad_inputs(tiny, bad):
+    with pytest.raises(VqcUsageError):
+        vqcodec.encode(bad, 16, tiny)
+
+
+def test_pillow_plugin_open_and_save(models_env, tiny, tmp_path):
+    register_vqc_opener()  # idempotent
+    img = Image.fromarray(make_image(48, 80))
+    img.save(tmp_path / "x.vqc", codebook=32, model=tiny)
+    with Image.open(tmp_path / "x.vqc") as im:
+        assert im.format == "VQC" and im.size == (80, 48) and im.mode == "RGB"
+        assert im.info["codebook"] == 32
+        px = np.asarray(im.convert("RGB"))
+    assert px.shape == (48, 80, 3)
+    assert np.array_equal(px, vqcodec.decode_array((tmp_path / "x.vqc").read_bytes(), tiny))
+    buf = io.BytesIO()
+    img.save(buf, format="VQC", codebook=8, model=tiny)
+    assert Image.open(io.BytesIO(buf.getvalue())).size == (80, 48)
+
+
+def test_pillow_refuses_corrupt_header(tmp_path):
+    (tmp_path / "bad.vqc").write_bytes(b"VQC\x07garbage")
+    with pytest.raises(Exception):  # noqa: B017  Pillow wraps plugin errors as UnidentifiedImageError
+        Image.open(tmp_path / "bad.vqc")

@@ -1,0 +1,87 @@
+"""The public Python API: PIL images or uint8 arrays in, .vqc bytes out, PIL images back.
+
+>>> import numpy as np, vqcodec
+>>> data = vqcodec.encode(np.zeros((40, 56, 3), np.uint8), codebook=64)
+>>> data[:3]
+b'VQC'
+>>> vqcodec.decode(data).size
+(56, 40)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vqcodec import codec
+from vqcodec.container import CodingMode
+from vqcodec.errors import VqcUsageError
+from vqcodec.imageio import MAX_PIXELS, _to_rgb, load_image
+from vqcodec.zoo import Bundle
+
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
+
+
+def as_pixels(image: ImageLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any supported image input -> (H, W, 3) uint8 RGB.
+
+    A path is read with ``load_image`` (EXIF orientation applied); a PIL image in any mode is
+    converted to RGB like a file would be; an array must be (H, W, 3) or (H, W) uint8.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(Path(image), max_pixels).pixels
+    if isinstance(image, Image.Image):
+        return np.array(_to_rgb(image), dtype=np.uint8)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise VqcUsageError(f"arrays must be uint8, got {image.dtype}")
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise VqcUsageError(f"arrays must be (H, W, 3) or (H, W), got {image.shape}")
+        return image
+    raise VqcUsageError(f"cannot encode an object of type {type(image).__name__}")
+
+
+def encode(
+    image: ImageLike,
+    codebook: int = 64,
+    model: Bundle | str | os.PathLike | None = None,
+    *,
+    raw: bool = False,
+    max_pixels: int = MAX_PIXELS,
+) -> bytes:
+    """Compress an image to the bytes of a .vqc file.
+
+    Args:
+        image: a PIL image, an (H, W, 3) / (H, W) uint8 array, or a path to an image file.
+        codebook: codebook size K, the rate knob (8 ... 1024 for the default model).
+        model: a loaded ``Bundle``, a bundle name or folder; default: the shipped default.
+        raw: store fixed-width indices instead of range-coding them.
+        max_pixels: refuse images with more pixels than this.
+    """
+    mode = CodingMode.RAW if raw else CodingMode.STATIC
+    return codec.encode(as_pixels(image, max_pixels), codebook, _model(model), mode, max_pixels)
+
+
+def decode(
+    data: bytes, model: Bundle | str | os.PathLike | None = None, *, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Decompress .vqc bytes to an RGB PIL image (the model is found from the file's id)."""
+    return Image.fromarray(codec.decode(bytes(data), _model(model), max_pixels), "RGB")
+
+
+def decode_array(
+    data: bytes, model: Bundle | str | os.PathLike | None = None, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Like ``decode`` but returns an (H, W, 3) uint8 array."""
+    return codec.decode(bytes(data), _model(model), max_pixels)
+
+
+def _model(model):
+    if model is None or isinstance(model, Bundle):
+        return model
+    return str(model)
