@@ -353,6 +353,17 @@ def export(ctx: typer.Context) -> None:
     codebooks.main(list(ctx.args))
 
 
+@app.command("import-taming", context_settings=_PASSTHROUGH)
+def import_taming(ctx: typer.Context) -> None:
+    """Import a taming-transformers f=16 VQModel checkpoint as a bundle.
+
+    Example: vqc import-taming vqgan.ckpt --name vqgan-f16 --images photos/
+    """
+    from vqcodec.train import taming_import
+
+    taming_import.main(list(ctx.args))
+
+
 def _read(path: Path) -> bytes:
     try:
         size = path.stat().st_size
