@@ -1,0 +1,226 @@
+"""Rate-distortion benchmark: every codec, every setting, every image; CSV, plots, BD-rates, crops.
+
+    python benchmarks/rd.py                                   # Kodak, all codecs, 2 jobs
+    python benchmarks/rd.py --codecs vqcodec BPG JPEG --limit 4 --jobs 2
+    VQC_VVC_PRESET=fast python benchmarks/rd.py               # quicker VVC
+
+Results are cached per (codec, setting, image) in ``<out>/cache.jsonl``, so a stopped run resumes
+where it was. bpp = whole file bytes x 8 / pixels. Metrics: docs/metrics.md. Writes
+``rd.csv`` (every measurement), ``rd_summary.csv`` (means per codec and setting), ``rd_<metric>.png``
+(bpp vs metric, log-x), ``bdrate.md`` (BD-rate of every codec against BPG and VVC for each metric,
+with the overlapping quality range) and ``crops.png`` (the same crop at ~0.02 bpp from each codec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bdrate import bd_rate  # noqa: E402
+from rd_codecs import all_codecs  # noqa: E402
+
+METRICS = {"psnr": False, "ms_ssim": False, "lpips": True, "dists": True}  # name -> lower is better
+KODAK = HERE.parent.parent / "shared" / "datasets" / "kodak"
+
+
+def _work(args):
+    codec_name, setting, path, model = args
+    import torch
+
+    torch.set_num_threads(1)
+    from vqcodec import metrics
+    from vqcodec.imageio import load_image
+
+    codec = next(c for c in all_codecs(model) if c.name == codec_name)
+    img = load_image(path).pixels
+    with tempfile.TemporaryDirectory() as tmp:
+        nbytes, rec, enc_s, dec_s = codec.run(img, setting, Path(tmp))
+    row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "bytes": nbytes,
+           "bpp": nbytes * 8 / (img.shape[0] * img.shape[1]), "enc_s": enc_s, "dec_s": dec_s}  # fmt: skip
+    row.update(metrics.score(img, rec))
+    return row
+
+
+def load_cache(path: Path) -> dict[tuple, dict]:
+    cache = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a stop
+            cache[(r["codec"], str(r["setting"]), r["image"])] = r
+    return cache
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"], str(r["setting"])), []).append(r)
+    out = []
+    for (c, s), rs in groups.items():
+        out.append({"codec": c, "setting": s, "n": len(rs), "bpp": np.mean([r["bpp"] for r in rs]),
+                    **{m: float(np.mean([r[m] for r in rs])) for m in METRICS},
+                    "enc_s": np.mean([r["enc_s"] for r in rs]), "dec_s": np.mean([r["dec_s"] for r in rs])})  # fmt: skip
+    return sorted(out, key=lambda r: (r["codec"], r["bpp"]))
+
+
+def curves(summary: list[dict]) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in summary:
+        by.setdefault(r["codec"], []).append(r)
+    return by
+
+
+def bd_table(summary: list[dict], anchors=("BPG", "VVC")) -> str:
+    by = curves(summary)
+    lines = []
+    for anchor in anchors:
+        if anchor not in by:
+            continue
+        a = by[anchor]
+        lines += [f"\n### BD-rate against {anchor} (negative = fewer bits at equal quality)\n",
+                  "| codec | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]  # fmt: skip
+        for name, c in by.items():
+            if name == anchor:
+                continue
+            cells = []
+            for m, lower in METRICS.items():
+                r = bd_rate([x["bpp"] for x in a], [x[m] for x in a], [x["bpp"] for x in c], [x[m] for x in c], lower)
+                cells.append("n/a (no overlap)" if np.isnan(r.value) else f"{r.value:+.1f}% ({r.lo:.3g}..{r.hi:.3g})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(summary: list[dict], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots", file=sys.stderr)
+        return
+    for m in METRICS:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for name, c in curves(summary).items():
+            ax.plot([x["bpp"] for x in c], [x[m] for x in c], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("bpp (whole file)")
+        ax.set_ylabel(m + (" (lower is better)" if METRICS[m] else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"rd_{m}.png", dpi=110)
+        plt.close(fig)
+
+
+def crops(rows: list[dict], images: list[Path], out: Path, model: str | None, target: float = 0.02) -> None:
+    """The same 256x256 crop from each codec at the setting whose bpp is nearest ``target``."""
+    from vqcodec.imageio import load_image
+
+    name = "kodim23.png" if any(p.name == "kodim23.png" for p in images) else images[0].name
+    path = next(p for p in images if p.name == name)
+    img = load_image(path).pixels
+    y0, x0 = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
+    tiles = [("original", img[y0 : y0 + 256, x0 : x0 + 256])]
+    for codec in all_codecs(model):
+        cand = [r for r in rows if r["codec"] == codec.name and r["image"] == name]
+        if not cand:
+            continue
+        best = min(cand, key=lambda r: abs(np.log(r["bpp"] / target)))
+        with tempfile.TemporaryDirectory() as tmp:
+            _, rec, _, _ = codec.run(img, type(codec.settings[0])(best["setting"]) if codec.settings else best["setting"],
+                                     Path(tmp))  # fmt: skip
+        tiles.append((f"{codec.name} {best['bpp']:.3f} bpp", rec[y0 : y0 + 256, x0 : x0 + 256]))
+    canvas = Image.new("RGB", (260 * len(tiles), 280), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, t) in enumerate(tiles):
+        canvas.paste(Image.fromarray(np.ascontiguousarray(t)), (260 * i + 2, 22))
+        draw.text((260 * i + 4, 4), label, fill="black")
+    canvas.save(out / "crops.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=KODAK)
+    ap.add_argument("--out", type=Path, default=HERE.parent / "bench_out" / "rd")
+    ap.add_argument("--codecs", nargs="*", default=None, help="names to run (default: all available)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    from rich.progress import Progress
+
+    images = sorted(args.data.glob("*.png"))[: args.limit or None]
+    args.out.mkdir(parents=True, exist_ok=True)
+    codecs = []
+    for c in all_codecs(args.model):
+        short = c.name.split(" ")[0]
+        if args.codecs and c.name not in args.codecs and short not in args.codecs:
+            continue
+        why = c.unavailable()
+        if why:
+            print(f"warning: skipping {c.name}: {why}", file=sys.stderr)
+            continue
+        codecs.append(c)
+        print(f"{c.name}: {c.version()}; settings {c.settings}")
+    cache_path = args.out / "cache.jsonl"
+    cache = load_cache(cache_path)
+    todo = [(c.name, s, str(p), args.model) for c in codecs for s in c.settings for p in images
+            if (c.name, str(s), p.name) not in cache]  # fmt: skip
+    t0 = time.time()
+    with Progress() as prog, ProcessPoolExecutor(args.jobs) as pool, open(cache_path, "a") as cf:
+        task = prog.add_task("encode/decode/score", total=len(todo))
+        futures = [pool.submit(_work, t) for t in todo]
+        for f in as_completed(futures):
+            try:
+                r = f.result()
+            except Exception as e:  # noqa: BLE001  one failing tool run must not stop the benchmark
+                print(f"warning: {e}", file=sys.stderr)
+                prog.advance(task)
+                continue
+            cache[(r["codec"], str(r["setting"]), r["image"])] = r
+            cf.write(json.dumps(r) + "\n")
+            cf.flush()
+            prog.advance(task)
+    names = {c.name for c in codecs}
+    rows = [r for r in cache.values() if r["codec"] in names and r["image"] in {p.name for p in images}]
+    with open(args.out / "rd.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    summary = summarize(rows)
+    with open(args.out / "rd_summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(summary[0].keys()))
+        w.writeheader()
+        w.writerows(summary)
+    md = [f"# Rate-distortion on {args.data.name} ({len(images)} images)\n",
+          "| codec | setting | bpp | PSNR | MS-SSIM | LPIPS | DISTS | enc s | dec s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary:
+        md.append(f"| {r['codec']} | {r['setting']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | "
+                  f"{r['lpips']:.4f} | {r['dists']:.4f} | {r['enc_s']:.2f} | {r['dec_s']:.2f} |")  # fmt: skip
+    md.append(bd_table(summary))
+    md.append("\nVersions: " + "; ".join(f"{c.name}: {c.version()}" for c in codecs) + "\n")
+    (args.out / "bdrate.md").write_text("\n".join(md))
+    plots(summary, args.out)
+    crops(rows, images, args.out, args.model)
+    print("\n".join(md))
+    print(f"done in {time.time() - t0:.0f}s; outputs in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The codecs the rate-distortion benchmark compares, behind one ``Codec`` interface.
+
+bpp always comes from the size of the whole compressed file. Each codec records its version. A codec
+whose tool or library is missing reports why via ``unavailable()`` and is skipped, never a crash.
+External binaries are found through an environment variable, then PATH, then ``../shared/bin``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BIN = REPO.parent / "shared" / "bin"
+
+
+class Codec(ABC):
+    name: str = ""
+    settings: list = []
+
+    def unavailable(self) -> str | None:
+        """None when usable, else the reason it is skipped."""
+        return None
+
+    def version(self) -> str:
+        return ""
+
+    @abstractmethod
+    def run(self, img: np.ndarray, setting, tmp: Path) -> tuple[int, np.ndarray, float, float]:
+        """Encode and decode: (compressed bytes, reconstruction, encode s, decode s)."""
+
+
+def find_tool(name: str, env: str) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env]
+    hit = shutil.which(name)
+    if hit:
+        return hit
+    local = SHARED_BIN / name
+    return str(local) if local.is_file() and os.access(local, os.X_OK) else None
+
+
+class BinaryCodec(Codec):
+    """A codec driven through command-line tools: subclasses only build the commands."""
+
+    tools: dict[str, str] = {}  # tool name -> environment variable
+
+    def path(self, tool: str) -> str:
+        p = find_tool(tool, self.tools[tool])
+        if p is None:
+            raise FileNotFoundError(tool)
+        return p
+
+    def unavailable(self) -> str | None:
+        missing = [t for t, env in self.tools.items() if find_tool(t, env) is None]
+        return f"not found: {', '.join(missing)} (set {', '.join(self.tools[t] for t in missing)})" if missing else None
+
+    def sh(self, cmd: list[str]) -> None:
+        r = subprocess.run(cmd, capture_output=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+
+
+class BPG(BinaryCodec):
+    """BPG (HEVC intra, x265), 4:4:4 chroma as learned-compression papers report it."""
+
+    name = "BPG"
+    tools = {"bpgenc": "VQC_BPGENC", "bpgdec": "VQC_BPGDEC"}
+    settings = [51, 48, 45, 42, 39, 36]
+
+    def version(self) -> str:
+        r = subprocess.run([self.path("bpgenc"), "-h"], capture_output=True)
+        return (r.stdout + r.stderr).decode(errors="replace").splitlines()[0].strip()
+
+    def run(self, img, q, tmp):
+        Image.fromarray(img).save(tmp / "in.png")
+        t = time.perf_counter()
+        self.sh(
+            [self.path("bpgenc"), "-q", str(q), "-f", "444", "-m", "8", "-o", str(tmp / "o.bpg"), str(tmp / "in.png")]
+        )
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        self.sh([self.path("bpgdec"), "-o", str(tmp / "rec.png"), str(tmp / "o.bpg")])
+        dec = time.perf_counter() - t
+        rec = np.asarray(Image.open(tmp / "rec.png").convert("RGB"))
+        return (tmp / "o.bpg").stat().st_size, rec, enc, dec
+
+
+def rgb_to_yuv420(img: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Full-range BT.601 (Pillow's YCbCr), edge-padded to even size, 2x2 box-filtered chroma."""
+    h, w = img.shape[:2]
+    img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    ycc = np.asarray(Image.fromarray(img).convert("YCbCr"), dtype=np.float64)
+    H, W = ycc.shape[:2]
+    c = ycc[..., 1:].reshape(H // 2, 2, W // 2, 2, 2).mean(axis=(1, 3))
+    planes = [ycc[..., 0], c[..., 0], c[..., 1]]
+    return np.concatenate([np.clip(np.round(p), 0, 255).astype(np.uint8).ravel() for p in planes]), W, H
+
+
+def yuv420_10_to_rgb(raw: np.ndarray, w: int, h: int) -> np.ndarray:
+    """10-bit planar 4:2:0 (uint16) -> RGB, bilinear chroma upsampling."""
+    a = raw.astype(np.float64) / 4.0
+    n = w * h
+    y = a[:n].reshape(h, w)
+    cb = a[n : n + n // 4].reshape(h // 2, w // 2)
+    cr = a[n + n // 4 : n + n // 2].reshape(h // 2, w // 2)
+    up = [
+        np.asarray(Image.fromarray(p.astype(np.float32), "F").resize((w, h), Image.Resampling.BILINEAR))
+        for p in (cb, cr)
+    ]
+    ycc = np.clip(np.round(np.stack([y, up[0], up[1]], axis=-1)), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(ycc, "YCbCr").convert("RGB"))
+
+
+class VVC(BinaryCodec):
+    """VVC intra (VVenC), 4:2:0 10-bit, QP adaptation off. Preset from $VQC_VVC_PRESET (medium)."""
+
+    name = "VVC"
+    tools = {"vvencapp": "VQC_VVENC", "vvdecapp": "VQC_VVDEC"}
+    settings = [63, 60, 57, 54, 51, 48, 45]
+
+    def version(self) -> str:
+        r = subprocess.run([self.path("vvencapp"), "--version"], capture_output=True)
+        return (r.stdout + r.stderr).decode(errors="replace").strip().splitlines()[0][:80]
+
+    def run(self, img, qp, tmp):
+        yuv, w, h = rgb_to_yuv420(img)
+        yuv.tofile(tmp / "in.yuv")
+        preset = os.environ.get("VQC_VVC_PRESET", "medium")
+        t = time.perf_counter()
+        self.sh([self.path("vvencapp"), "-i", str(tmp / "in.yuv"), "-s", f"{w}x{h}", "-c", "yuv420", "--preset", preset,
+                 "-q", str(qp), "--qpa", "0", "-f", "1", "--internal-bitdepth", "10", "--range", "full", "-v", "1",
+                 "-t", "1", "-o", str(tmp / "o.266")])  # fmt: skip
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        self.sh([self.path("vvdecapp"), "-b", str(tmp / "o.266"), "-o", str(tmp / "rec.yuv"), "-v", "1"])
+        dec = time.perf_counter() - t
+        rec = yuv420_10_to_rgb(np.fromfile(tmp / "rec.yuv", dtype="<u2"), w, h)[: img.shape[0], : img.shape[1]]
+        return (tmp / "o.266").stat().st_size, rec, enc, dec
+
+
+class PillowCodec(Codec):
+    """JPEG, WebP and AVIF through Pillow's own encoders."""
+
+    def __init__(self, name: str, fmt: str, settings: list, **opts) -> None:
+        self.name, self.fmt, self.settings, self.opts = name, fmt, settings, opts
+
+    def unavailable(self):
+        from PIL import features
+
+        feature = {"WEBP": "webp", "AVIF": "avif", "JPEG": "jpg"}[self.fmt]
+        return None if features.check(feature) else f"Pillow built without {feature}"
+
+    def version(self):
+        from PIL import __version__, features
+
+        feature = {"WEBP": "webp", "AVIF": "avif", "JPEG": "jpg"}[self.fmt]
+        return f"Pillow {__version__} / {feature} {features.version(feature)}"
+
+    def run(self, img, q, tmp):
+        buf = io.BytesIO()
+        t = time.perf_counter()
+        Image.fromarray(img).save(buf, format=self.fmt, quality=q, **self.opts)
+        enc = time.perf_counter() - t
+        data = buf.getvalue()
+        t = time.perf_counter()
+        rec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        return len(data), rec, enc, time.perf_counter() - t
+
+
+class HEIF(Codec):
+    """HEIF (x265 HEVC) through pillow-heif."""
+
+    name = "HEIF"
+    settings = [0, 5, 10, 20, 30, 40]
+
+    def unavailable(self):
+        try:
+            import pillow_heif  # noqa: F401
+        except ImportError:
+            return "pillow-heif not installed"
+        return None
+
+    def version(self):
+        import pillow_heif
+
+        return f"pillow-heif {pillow_heif.__version__} / libheif {pillow_heif.libheif_version()}"
+
+    def run(self, img, q, tmp):
+        import pillow_heif
+
+        t = time.perf_counter()
+        data = pillow_heif.from_bytes("RGB", (img.shape[1], img.shape[0]), img.tobytes())
+        buf = io.BytesIO()
+        data.save(buf, quality=q)
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        rec = np.asarray(pillow_heif.open_heif(io.BytesIO(buf.getvalue())).to_pillow().convert("RGB"))
+        return len(buf.getvalue()), rec, enc, time.perf_counter() - t
+
+
+class JXL(Codec):
+    """JPEG XL (libjxl) through imagecodecs, swept by Butteraugli distance."""
+
+    name = "JPEG XL"
+    settings = [25.0, 15.0, 10.0, 7.0, 5.0, 3.0]
+
+    def unavailable(self):
+        try:
+            import imagecodecs
+        except ImportError:
+            return "imagecodecs not installed"
+        return None if imagecodecs.JPEGXL.available else "imagecodecs built without JPEG XL"
+
+    def version(self):
+        import imagecodecs
+
+        return f"imagecodecs {imagecodecs.__version__} / libjxl {imagecodecs.jpegxl_version()}"
+
+    def run(self, img, d, tmp):
+        import imagecodecs
+
+        t = time.perf_counter()
+        data = imagecodecs.jpegxl_encode(img, distance=float(d), effort=7)
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        rec = np.asarray(imagecodecs.jpegxl_decode(data))[..., :3]
+        return len(data), rec, enc, time.perf_counter() - t
+
+
+class VQC(Codec):
+    """vqcodec itself at every codebook size of a bundle."""
+
+    def __init__(self, model: str | None = None) -> None:
+        sys.path.insert(0, str(REPO))
+        from vqcodec import zoo
+
+        self.model = model
+        self.bundle = None
+        try:
+            man = zoo._read_manifest(zoo.find_bundle(model or zoo.DEFAULT_MODEL))
+            self.name = f"vqcodec ({man['name']})"
+            self.settings = list(man["codebook_sizes"])
+            self._version = man["model_id"]
+            self._missing = None
+        except Exception as e:  # noqa: BLE001
+            self.name, self.settings, self._version, self._missing = "vqcodec", [], "", str(e)
+
+    def unavailable(self):
+        return self._missing
+
+    def version(self):
+        return f"model id {self._version}"
+
+    def run(self, img, k, tmp):
+        from vqcodec import codec, zoo
+
+        if self.bundle is None:
+            self.bundle = zoo.load_model(self.model)
+        t = time.perf_counter()
+        data = codec.encode(img, int(k), self.bundle)
+        enc = time.perf_counter() - t
+        t = time.perf_counter()
+        rec = codec.decode(data, self.bundle)
+        return len(data), rec, enc, time.perf_counter() - t
+
+
+def all_codecs(model: str | None = None) -> list[Codec]:
+    return [
+        VQC(model),
+        BPG(),
+        VVC(),
+        HEIF(),
+        PillowCodec("AVIF", "AVIF", [0, 5, 10, 20, 30, 40], speed=4),
+        JXL(),
+        PillowCodec("WebP", "WEBP", [0, 5, 10, 20, 40], method=6),
+        PillowCodec("JPEG", "JPEG", [1, 3, 5, 10, 20], optimize=True),
+    ]
