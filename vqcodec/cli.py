@@ -353,6 +353,14 @@ def export(ctx: typer.Context) -> None:
     codebooks.main(list(ctx.args))
 
 
+@app.command(context_settings=_PASSTHROUGH)
+def finetune(ctx: typer.Context) -> None:
+    """Fine-tune the reduced codebooks of a bundle (options: vqc finetune --help)."""
+    from vqcodec.train import finetune as ft
+
+    ft.main(list(ctx.args))
+
+
 @app.command("import-taming", context_settings=_PASSTHROUGH)
 def import_taming(ctx: typer.Context) -> None:
     """Import a taming-transformers f=16 VQModel checkpoint as a bundle.
