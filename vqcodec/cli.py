@@ -157,6 +157,9 @@ def encode(
     codebook: Annotated[int, typer.Option("-k", "--codebook", help="codebook size K: the rate knob")] = 64,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="fixed-width indices, no entropy coding")] = False,
+    packets: Annotated[
+        str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
+    ] = None,
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
@@ -166,7 +169,7 @@ def encode(
     Examples: vqc encode photo.png -o photo.vqc --codebook 64 ;
     vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc
     """
-    from vqcodec import codec, imageio, zoo
+    from vqcodec import codec, container, imageio, interleave, zoo
     from vqcodec.container import CodingMode
 
     files, batch = _expand(inputs, IMAGE_SUFFIXES)
@@ -174,12 +177,18 @@ def encode(
     bundle = zoo.load_model(model)
     bundle.codebook(codebook)  # fail early on an unavailable K
     mode = CodingMode.RAW if raw else CodingMode.STATIC
+    n_packets, packet_bytes = _parse_packets(packets)
 
     def work(job: Job) -> Result:
         try:
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
-            data = codec.encode(img.pixels, codebook, bundle, mode, max_pixels)
+            enc = codec.analyze(img.pixels, bundle, codebook)
+            n = n_packets
+            if packet_bytes:
+                payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload
+                n = interleave.packets_for_bytes(packet_bytes - container.PACKET_OVERHEAD, payload)
+            data = codec.pack(enc, bundle, mode, n)
             if job.dst is None:
                 sys.stdout.buffer.write(data)
                 sys.stdout.buffer.flush()
@@ -212,6 +221,7 @@ def decode(
     output: Annotated[str | None, typer.Option("-o", "--output", help="output image, folder (batch) or -")] = None,
     fmt: Annotated[str, typer.Option("--format", help="image format for batch output / stdout")] = "png",
     model: Annotated[str | None, typer.Option("--model", help="model bundle (default: from the file's id)")] = None,
+    recover: Annotated[str, typer.Option("--recover", help="lost-index prediction: none | neighbour")] = "neighbour",
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
@@ -222,8 +232,10 @@ def decode(
     """
     from PIL import Image
 
-    from vqcodec import codec, imageio
+    from vqcodec import codec, imageio, recovery
 
+    if recover not in recovery.METHODS:
+        raise VqcUsageError(f"unknown recovery method {recover!r}; choose one of {', '.join(recovery.METHODS)}")
     suffix = "." + fmt.lower().lstrip(".")
     if Image.registered_extensions().get(suffix) is None:
         raise VqcUsageError(f"unknown image format {fmt!r}")
@@ -233,7 +245,7 @@ def decode(
     def work(job: Job) -> Result:
         try:
             data = _read(job.src) if job.src is not None else sys.stdin.buffer.read()
-            pixels = codec.decode(data, model, max_pixels)
+            pixels, report = codec.decode_with_report(data, model, max_pixels, recover)
             if job.dst is None:
                 buf = io.BytesIO()
                 Image.fromarray(pixels).save(buf, format=Image.registered_extensions()[suffix])
@@ -247,6 +259,8 @@ def decode(
             return Result(job, False, _one_line(str(e)))
         h, w = pixels.shape[:2]
         msg = f"{job.src or '<stdin>'} -> {job.dst or '<stdout>'}: {w}x{h}"
+        if report.packets:
+            msg += f"; {report.summary()}"
         return Result(job, True, msg, len(data), 0, w * h)
 
     results = _run(plan, work, jobs, quiet, "decoding")
@@ -276,8 +290,40 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
         ("bits per index", f"{fi.payload_bytes * 8 / max(n, 1):.3f} (uniform {entropy.raw_bits(h.codebook_size)})"),
         ("bpp", f"{fi.bpp:.5f}"),
     ]
+    if fi.packets is not None:
+        p = fi.packets
+        rows += [
+            ("packets", f"{p.packets} declared, {len(p.payloads)} present, {len(p.lost)} lost"),
+            ("damaged", f"{p.damaged} regions failed their checksum, {p.duplicates} duplicates"),
+            ("header copies", f"{p.header_copies_ok}/3 intact"),
+        ]
     for k, v in rows:
         out.print(f"{k:16s} {v}", highlight=False)
+
+
+@app.command()
+def corrupt(
+    file: Annotated[Path, typer.Argument(help="a packetized .vqc file (vqc encode --packets N)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="damaged copy")],
+    loss: Annotated[float, typer.Option("--loss", help="packet loss rate in [0, 1]")] = 0.0,
+    burst: Annotated[float, typer.Option("--burst", help="mean burst length in packets (Gilbert-Elliott)")] = 1.0,
+    ber: Annotated[float, typer.Option("--ber", help="bit error rate over the whole file")] = 0.0,
+    shuffle: Annotated[bool, typer.Option("--shuffle", help="reorder the surviving packets")] = False,
+    duplicate: Annotated[float, typer.Option("--duplicate", help="probability to repeat a packet")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """Simulate a lossy channel on a packetized file (seeded, reproducible).
+
+    Example: vqc corrupt photo.vqc --loss 0.3 -o lossy.vqc --seed 7
+    """
+    from vqcodec import corrupt as channel
+    from vqcodec import imageio
+
+    damaged, report = channel.corrupt(_read(file), loss, burst, ber, shuffle, duplicate, seed)
+    imageio.atomic_write_bytes(output, damaged)
+    if not quiet:
+        err.print(f"{file} -> {output}: {report.summary()}", highlight=False)
 
 
 @models_app.callback(invoke_without_command=True)
@@ -386,6 +432,25 @@ def _read(path: Path) -> bytes:
         raise VqcError(f"{path}: permission denied") from None
     except OSError as e:
         raise VqcError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _parse_packets(spec: str | None) -> tuple[int, int]:
+    """'16' -> (16, 0) packets; '200B' / '200b' -> (0, 200) bytes per packet."""
+    if spec is None:
+        return 0, 0
+    s = spec.strip().lower()
+    try:
+        if s.endswith("b"):
+            n = int(s[:-1])
+            if n < 16:
+                raise ValueError
+            return 0, n
+        n = int(s)
+        if not 1 <= n <= 255:
+            raise ValueError
+        return n, 0
+    except ValueError:
+        raise VqcUsageError(f"--packets takes a count in 1..255 or a size like 200B (>= 16), not {spec!r}") from None
 
 
 def _one_line(msg: str) -> str:

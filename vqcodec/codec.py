@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vqcodec import container, entropy
+from vqcodec import container, entropy, interleave, recovery
 from vqcodec.container import CodingMode, Header
 from vqcodec.errors import VqcFormatError, VqcModelError, VqcUsageError
 from vqcodec.imageio import MAX_PIXELS, check_size, pad_to_multiple
@@ -31,12 +31,42 @@ class Encoded:
 
 
 @dataclass(frozen=True)
+class LossReport:
+    """What a decode found missing and how it was filled (all zero for intact files)."""
+
+    packets: int = 0  # 0: not packetized
+    lost_packets: tuple[int, ...] = ()
+    damaged_regions: int = 0
+    duplicates: int = 0
+    missing_positions: int = 0
+    positions: int = 0
+    method: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.missing_positions == 0
+
+    def summary(self) -> str:
+        if not self.packets:
+            return "not packetized"
+        lost = len(self.lost_packets)
+        s = f"{self.packets - lost}/{self.packets} packets received, {lost} lost"
+        if self.damaged_regions:
+            s += f" ({self.damaged_regions} damaged regions dropped)"
+        if self.missing_positions:
+            s += (f"; {self.missing_positions}/{self.positions} indices "
+                  f"({100 * self.missing_positions / self.positions:.0f}%) recovered with '{self.method}'")  # fmt: skip
+        return s
+
+
+@dataclass(frozen=True)
 class FileInfo:
     """What ``vqc info`` prints: the header plus sizes."""
 
     header: Header
     file_bytes: int
     payload_bytes: int
+    packets: container.PacketScan | None = None
 
     @property
     def bpp(self) -> float:
@@ -84,18 +114,38 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     return _to_pixels(x)[:h, :w]
 
 
-def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC) -> bytes:
-    """Entropy-code an index map and wrap it in a .vqc container."""
-    k = enc.codebook_size
+def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> bytes:
     if mode == CodingMode.STATIC:
-        payload = entropy.encode_static(enc.indices, bundle.table(k))
-    elif mode == CodingMode.RAW:
-        payload = entropy.encode_raw(enc.indices, k)
-    else:
-        raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
+        return entropy.encode_static(indices, bundle.table(k))
+    if mode == CodingMode.RAW:
+        return entropy.encode_raw(indices, k)
+    raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
+
+
+def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int) -> np.ndarray:
+    if mode == CodingMode.STATIC:
+        return entropy.decode_static(payload, bundle.table(k), count)
+    if mode == CodingMode.RAW:
+        return entropy.decode_raw(payload, k, count)
+    raise VqcFormatError(f"coding mode {mode.name} is not supported by this decoder")
+
+
+def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0) -> bytes:
+    """Entropy-code an index map and wrap it in a .vqc container.
+
+    ``packets`` > 0 writes a packetized (version 2) file: the positions are interleaved over that
+    many independently decodable packets (capped at the number of positions and at 255).
+    """
+    k = enc.codebook_size
     w, h = enc.image_size
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
-    return container.pack(header, payload)
+    if not packets:
+        return container.pack(header, _code(enc.indices, bundle, k, mode))
+    _, hh, ww = enc.indices.shape
+    n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
+    assign = interleave.assignment(hh, ww, n)
+    payloads = [_code(enc.indices[:, assign == p], bundle, k, mode) for p in range(n)]
+    return container.pack_packets(Header(enc.model_id, k, header.m, w, h, mode, container.PACKET_VERSION), payloads)
 
 
 def encode(
@@ -157,16 +207,72 @@ def _bundle_for(header: Header, model: Bundle | str | None) -> Bundle:
     return bundle
 
 
-def decode(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def unpack_packets(
+    data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
+) -> tuple[Encoded, Bundle, LossReport]:
+    """Parse a packetized file whatever was lost or damaged, and fill the holes with ``method``."""
+    scan = container.scan_packets(data)
+    header = scan.header
+    if header.width * header.height > max_pixels:
+        raise VqcFormatError(f"file declares {header.width}x{header.height} pixels, above the limit of {max_pixels}")
+    bundle = _bundle_for(header, model)
+    if header.m != bundle.m:
+        raise VqcFormatError(f"file has m={header.m} indices per position, model has {bundle.m}")
+    k = header.codebook_size
+    hh, ww = _latent_hw(header.width, header.height, bundle.stride)
+    n = scan.packets
+    if n > hh * ww:
+        raise VqcFormatError(f"{n} packets for {hh * ww} positions")
+    assign = interleave.assignment(hh, ww, n)
+    idx = np.zeros((header.m, hh, ww), dtype=np.int64)
+    missing = np.ones((hh, ww), dtype=bool)
+    undecodable = []
+    for p, payload in scan.payloads.items():
+        sel = assign == p
+        try:
+            vals = _uncode(payload, bundle, k, header.mode, header.m * int(sel.sum()))
+        except VqcFormatError:
+            undecodable.append(p)  # checksum passed but the payload does not decode: treat as lost
+            continue
+        idx[:, sel] = vals.reshape(header.m, -1)
+        missing[sel] = False
+    book = bundle.codebook(k)
+    idx = recovery.recover(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts, method,
+                           bundle.model.quantize.cosine)  # fmt: skip
+    lost = tuple(sorted(set(scan.lost) | set(undecodable)))
+    report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, method)
+    enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id)
+    return enc, bundle, report
+
+
+def decode_with_report(
+    data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
+) -> tuple[np.ndarray, LossReport]:
+    """Decode any .vqc file; for packetized ones also say what was lost and recovered."""
+    if method not in recovery.METHODS:
+        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of {', '.join(recovery.METHODS)}")
+    if container.is_packetized(bytes(data[:4])):
+        enc, bundle, report = unpack_packets(data, model, max_pixels, method)
+        return synthesize(enc, bundle), report
+    enc, bundle = unpack(data, model, max_pixels)
+    return synthesize(enc, bundle), LossReport()
+
+
+def decode(
+    data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
+) -> np.ndarray:
     """Decompress .vqc bytes to an (H, W, 3) uint8 RGB image.
 
     The model is found from the file's model id unless ``model`` is given (it must match).
+    Packetized files decode whatever was lost: missing indices are predicted with ``method``.
     """
-    enc, bundle = unpack(data, model, max_pixels)
-    return synthesize(enc, bundle)
+    return decode_with_report(data, model, max_pixels, method)[0]
 
 
 def info(data: bytes) -> FileInfo:
-    """Header and sizes of a .vqc file (the checksum is verified)."""
+    """Header and sizes of a .vqc file (the checksum is verified; packets are counted)."""
+    if container.is_packetized(bytes(data[:4])):
+        scan = container.scan_packets(data)
+        return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads.values()), scan)
     header, payload = container.unpack(data)
     return FileInfo(header, len(data), len(payload))

@@ -1,0 +1,153 @@
+"""Packetized files (format version 2), loss simulation and recovery."""
+
+import numpy as np
+import pytest
+
+from vqcodec import codec, container, corrupt, interleave, recovery
+from vqcodec.cli import main
+from vqcodec.container import Header
+from vqcodec.errors import VqcFormatError, VqcUsageError
+
+from .conftest import make_image
+
+H2 = Header(0xABCD0123, 64, 1, 100, 60, version=container.PACKET_VERSION)
+
+
+def test_v2_round_trip_and_overhead():
+    payloads = [bytes([i]) * (10 + i) for i in range(8)]
+    data = container.pack_packets(H2, payloads)
+    scan = container.scan_packets(data)
+    assert scan.header == H2 and scan.packets == 8 and scan.damaged == 0
+    assert [scan.payloads[i] for i in range(8)] == payloads
+    assert len(data) == 3 * container.V2_HEADER_BYTES + sum(len(p) + 5 for p in payloads)
+    assert container.is_packetized(data) and not container.is_packetized(container.pack(Header(1, 8, 1, 4, 4), b""))
+    with pytest.raises(VqcFormatError, match="packetized"):
+        container.unpack(data)
+
+
+def test_damaged_header_copies_and_packets():
+    payloads = [bytes([i]) * 20 for i in range(6)]
+    data = bytearray(container.pack_packets(H2, payloads))
+    data[5] ^= 0xFF  # first header copy
+    data[container.V2_HEADER_BYTES + 7] ^= 0x01  # second copy
+    start = 3 * container.V2_HEADER_BYTES
+    data[start + 3 + 25 + 10] ^= 0x10  # payload byte of packet 1
+    scan = container.scan_packets(bytes(data))
+    assert scan.header_copies_ok == 1 and scan.header == H2
+    assert sorted(scan.payloads) == [0, 2, 3, 4, 5] and scan.lost == [1] and scan.damaged >= 1
+    for i in range(3):
+        data[i * container.V2_HEADER_BYTES + 4] ^= 0x01
+    with pytest.raises(VqcFormatError, match="header copy"):
+        container.scan_packets(bytes(data))
+
+
+def test_damaged_length_field_resynchronises():
+    payloads = [bytes([i]) * 30 for i in range(5)]
+    data = bytearray(container.pack_packets(H2, payloads))
+    start = 3 * container.V2_HEADER_BYTES
+    data[start + 1] = 0xFF  # packet 0 claims a huge length
+    scan = container.scan_packets(bytes(data))
+    assert sorted(scan.payloads) == [1, 2, 3, 4]
+
+
+def test_interleave_scatters_neighbours():
+    a = interleave.assignment(32, 48, 16)
+    assert sorted(np.unique(a)) == list(range(16))
+    counts = np.bincount(a.ravel())
+    assert counts.max() - counts.min() <= 48
+    for dr, dc in [(0, 1), (1, 0), (1, 1), (1, -1)]:
+        shifted = np.roll(np.roll(a, dr, 0), dc, 1)
+        assert (shifted[1:-1, 1:-1] != a[1:-1, 1:-1]).all()
+    assert (interleave.assignment(4, 4, 2) == np.indices((4, 4)).sum(0) % 2).all()
+
+
+def test_packetized_codec_round_trip(tiny):
+    img = make_image(80, 112, seed=4)
+    enc = codec.analyze(img, tiny, 32)
+    data = codec.pack(enc, tiny, packets=8)
+    out, report = codec.decode_with_report(data, tiny)
+    assert report.packets == 8 and report.intact
+    assert np.array_equal(out, codec.synthesize(enc, tiny))
+    fi = codec.info(data)
+    assert fi.packets.packets == 8 and fi.header.width == 112
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.3, 0.5, 0.9, 1.0])
+def test_any_loss_still_gives_an_image(tiny, loss):
+    img = make_image(96, 128, seed=1)
+    data = codec.encode(img, 16, tiny) and codec.pack(codec.analyze(img, tiny, 16), tiny, packets=16)
+    for seed in range(3):
+        bad, rep = corrupt.corrupt(data, loss=loss, seed=seed)
+        for method in recovery.METHODS:
+            out, report = codec.decode_with_report(bad, tiny, method=method)
+            assert out.shape == img.shape
+            assert len(report.lost_packets) == len(rep.dropped)
+
+
+def test_bit_flips_become_losses_not_wrong_indices(tiny):
+    img = make_image(96, 128, seed=2)
+    enc = codec.analyze(img, tiny, 64)
+    data = codec.pack(enc, tiny, packets=12)
+    for seed in range(5):
+        bad, rep = corrupt.corrupt(data, ber=2e-3, seed=seed, shuffle=True, duplicate=0.3)
+        got, _, report = codec.unpack_packets(bad, tiny, method="none")
+        assign = interleave.assignment(*enc.indices.shape[1:], 12)
+        for p in range(12):
+            if p not in report.lost_packets:
+                assert np.array_equal(got.indices[:, assign == p], enc.indices[:, assign == p])
+
+
+def test_loss_patterns_are_seeded_and_have_the_right_rate():
+    rng = np.random.default_rng(0)
+    iid = corrupt.loss_pattern(20000, 0.3, 1, rng)
+    assert abs(iid.mean() - 0.3) < 0.02
+    bursty = corrupt.loss_pattern(20000, 0.3, 4, np.random.default_rng(1))
+    assert abs(bursty.mean() - 0.3) < 0.04
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], bursty.astype(int), [0]]))))[::2]
+    assert 3 < runs.mean() < 5
+    a = corrupt.loss_pattern(50, 0.5, 2, np.random.default_rng(7))
+    assert (a == corrupt.loss_pattern(50, 0.5, 2, np.random.default_rng(7))).all()
+    with pytest.raises(VqcUsageError):
+        corrupt.loss_pattern(5, 1.5, 1, rng)
+
+
+def test_corrupt_needs_a_packetized_file(tiny):
+    with pytest.raises(VqcUsageError, match="--packets"):
+        corrupt.corrupt(codec.encode(make_image(32, 32), 16, tiny), loss=0.5)
+
+
+def test_neighbour_recovery_beats_fixed_fill_on_smooth_maps():
+    # a smooth map: each index equals its column band; holes should be filled by their band
+    codes = np.random.default_rng(0).normal(size=(8, 4))
+    idx = (np.arange(48)[None, None, :] // 6).repeat(32, axis=1).astype(np.int64)
+    missing = np.random.default_rng(1).random((32, 48)) < 0.3
+    import torch
+
+    counts = np.ones(8, dtype=np.int64)
+    counts[0] = 10
+    fixed = recovery.recover(idx, missing, torch.tensor(codes, dtype=torch.float32), counts, "none")
+    nb = recovery.recover(idx, missing, torch.tensor(codes, dtype=torch.float32), counts, "neighbour")
+    assert (nb == idx).mean() > (fixed == idx).mean()
+    assert (nb[:, ~missing] == idx[:, ~missing]).all()
+
+
+def test_cli_packets_corrupt_info_decode(models_env, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(make_image(64, 96)).save(tmp_path / "a.png")
+    assert main(["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.vqc"), "-k", "16", "--packets", "8",
+                 "--model", str(models_env), "-q"]) == 0  # fmt: skip
+    Image.fromarray(make_image(128, 192)).save(tmp_path / "big.png")
+    assert main(["encode", str(tmp_path / "big.png"), "-o", str(tmp_path / "b.vqc"), "-k", "16", "--packets", "16B",
+                 "--model", str(models_env), "-q"]) == 0  # fmt: skip
+    assert container.scan_packets((tmp_path / "b.vqc").read_bytes()).packets > 1
+    assert main(["corrupt", str(tmp_path / "a.vqc"), "--loss", "0.5", "-o", str(tmp_path / "l.vqc"), "--seed",
+                 "3"]) == 0  # fmt: skip
+    assert "dropped" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "l.vqc")]) == 0
+    assert "lost" in capsys.readouterr().out
+    assert main(["decode", str(tmp_path / "l.vqc"), "-o", str(tmp_path / "l.png"), "--recover", "neighbour"]) == 0
+    assert "recovered with 'neighbour'" in capsys.readouterr().err
+    assert Image.open(tmp_path / "l.png").size == (96, 64)
+    assert main(["encode", str(tmp_path / "a.png"), "--packets", "0", "--model", str(models_env)]) == 2
+    assert main(["decode", str(tmp_path / "l.vqc"), "--recover", "magic"]) == 2

@@ -1,0 +1,70 @@
+"""Prediction of index-map positions lost with their packets.
+
+Methods (``--recover``):
+- ``none``: fill every hole with the most frequent index of the K-book (a fixed fill).
+- ``neighbour``: the code nearest to the mean of the known 8-neighbours' code vectors, filled
+  from the best-surrounded holes outwards, so that every hole gets one even at heavy loss. With
+  interleaved packets a lost packet leaves isolated holes whose neighbours are mostly known.
+
+Transformer methods (autoregressive and masked, see the packet-loss issue) plug in here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqcodec.errors import VqcUsageError
+
+METHODS = ("none", "neighbour")
+DEFAULT = "neighbour"
+
+
+def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
+            method: str = DEFAULT, cosine: bool = True) -> np.ndarray:  # fmt: skip
+    """Fill ``indices`` (m, h, w) where ``missing`` (h, w) is True; returns a new array.
+
+    Args:
+        codes: (K, d) code vectors of the K-book (as used for decoding).
+        counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
+    """
+    if method not in METHODS:
+        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of {', '.join(METHODS)}")
+    out = indices.copy()
+    if not missing.any():
+        return out
+    fill = int(np.argmax(counts))
+    if method == "none" or missing.all():
+        out[:, missing] = fill
+        return out
+    return _neighbour(out, missing.copy(), codes, fill, cosine)
+
+
+def _neighbour(idx: np.ndarray, missing: np.ndarray, codes: torch.Tensor, fill: int, cosine: bool) -> np.ndarray:
+    m, h, w = idx.shape
+    c = F.normalize(codes, dim=1) if cosine else codes
+    kernel = torch.ones(1, 1, 3, 3)
+    kernel[0, 0, 1, 1] = 0
+    for _ in range(h * w):
+        if not missing.any():
+            break
+        known = torch.from_numpy(~missing).float()[None, None]
+        n_known = F.conv2d(known, kernel, padding=1)[0, 0]
+        if n_known[torch.from_numpy(missing)].max() == 0:
+            idx[:, missing] = fill
+            break
+        # fill the holes that have the most known neighbours in this round
+        best = n_known.masked_fill(~torch.from_numpy(missing), -1)
+        target = (best == best.max()).numpy() & missing
+        for j in range(m):
+            vec = c[torch.from_numpy(idx[j])].permute(2, 0, 1) * known[0]  # (d, h, w), holes zeroed
+            summed = F.conv2d(vec[:, None], kernel, padding=1)[:, 0]  # (d, h, w)
+            mean = (summed / n_known.clamp_min(1)).permute(1, 2, 0)[torch.from_numpy(target)]
+            if cosine:
+                pick = (F.normalize(mean, dim=1) @ c.t()).argmax(1)
+            else:
+                pick = torch.cdist(mean, c).argmin(1)
+            idx[j][target] = pick.numpy()
+        missing &= ~target
+    return idx
