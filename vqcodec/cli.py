@@ -407,6 +407,14 @@ def finetune(ctx: typer.Context) -> None:
     ft.main(list(ctx.args))
 
 
+@app.command("train-recovery", context_settings=_PASSTHROUGH)
+def train_recovery(ctx: typer.Context) -> None:
+    """Train the index-map transformer for lost-index recovery (options: vqc train-recovery --help)."""
+    from vqcodec.train import transformer
+
+    transformer.main(list(ctx.args))
+
+
 @app.command("import-taming", context_settings=_PASSTHROUGH)
 def import_taming(ctx: typer.Context) -> None:
     """Import a taming-transformers f=16 VQModel checkpoint as a bundle.

@@ -1,0 +1,57 @@
+import numpy as np
+import torch
+
+from vqcodec.nets.transformer import IndexTransformer, TransformerConfig, sincos_2d
+from vqcodec.train import transformer as ttrain
+
+
+def small():
+    torch.manual_seed(0)
+    return IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=1, heads=4)).eval()
+
+
+def test_shapes_per_k_and_any_map_size():
+    net = small()
+    x = torch.randint(0, 8, (2, 5, 7))
+    m = torch.rand(2, 5, 7) < 0.5
+    assert net(x, m, 8).shape == (2, 5, 7, 8)
+    assert net(torch.randint(0, 16, (1, 3, 3)), torch.zeros(1, 3, 3, dtype=torch.bool), 16).shape == (1, 3, 3, 16)
+    assert sincos_2d(4, 6, 32).shape == (24, 32)
+
+
+def test_masked_values_do_not_leak():
+    net = small()
+    x = torch.randint(0, 8, (1, 4, 4))
+    m = torch.zeros(1, 4, 4, dtype=torch.bool)
+    m[0, 1, 2] = True
+    y = x.clone()
+    y[0, 1, 2] = (x[0, 1, 2] + 3) % 8
+    assert torch.allclose(net(x, m, 8), net(y, m, 8))
+
+
+def test_fill_only_touches_holes_and_is_deterministic():
+    net = small()
+    x = torch.randint(0, 16, (6, 9))
+    miss = torch.rand(6, 9, generator=torch.Generator().manual_seed(1)) < 0.4
+    a = net.fill(x, miss, 16)
+    assert torch.equal(a[~miss], x[~miss]) and a.max() < 16
+    assert torch.equal(a, net.fill(x, miss, 16))
+
+
+def test_training_learns_a_constant_map(tmp_path):
+    import random
+
+    maps = {8: [np.full((12, 12), 5, np.int16)], 16: [np.full((12, 12), 9, np.int16)]}
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=1, heads=4))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    for _ in range(40):
+        k = rng.choice([8, 16])
+        x, m = ttrain.batch(maps, k, 8, 4, rng)
+        loss = torch.nn.functional.cross_entropy(net(x, m, k)[m], x[m])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    filled = net.fill(torch.full((6, 6), 5), torch.ones(6, 6, dtype=torch.bool), 8)
+    assert (filled == 5).all()

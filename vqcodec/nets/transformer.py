@@ -1,0 +1,106 @@
+"""A bidirectional index-map transformer: p(index at masked positions | all visible indices).
+
+One network serves every codebook size: each K has its own input embedding table and output head
+(rows for K = 8 ... 1024 add up to 2040), the trunk is shared. Positions use 2-D sinusoidal
+encodings, so any map size works (trained on crops, run on whole images).
+
+Uses: lost-index recovery (MaskGIT-style iterative filling: predict all holes, keep the most
+confident, repeat), and, with a group order, the context model of the entropy coder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
+    dim: int = 256
+    depth: int = 4
+    heads: int = 8
+    mlp: int = 4
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TransformerConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def sincos_2d(h: int, w: int, dim: int, device=None) -> torch.Tensor:
+    """(h*w, dim) fixed 2-D sinusoidal position encodings (half the channels per axis)."""
+    quarter = dim // 4
+    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device) / quarter)
+    ys = torch.arange(h, device=device).float()[:, None] * freq[None]
+    xs = torch.arange(w, device=device).float()[:, None] * freq[None]
+    pe_y = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(h, w, 2 * quarter)
+    pe_x = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(h, w, 2 * quarter)
+    pe = torch.cat([pe_y, pe_x], -1).reshape(h * w, 4 * quarter)
+    return F.pad(pe, (0, dim - 4 * quarter))
+
+
+class IndexTransformer(nn.Module):
+    """Masked-token transformer over (B, h, w) index maps of one codebook size K."""
+
+    def __init__(self, cfg: TransformerConfig = TransformerConfig()) -> None:
+        super().__init__()
+        self.config = cfg
+        self.offsets = {k: o for k, o in zip(cfg.sizes, [0, *torch.tensor(cfg.sizes).cumsum(0).tolist()[:-1]],
+                                             strict=True)}  # fmt: skip
+        total = sum(cfg.sizes)
+        self.embed = nn.Embedding(total, cfg.dim)
+        self.mask_token = nn.Parameter(torch.zeros(len(cfg.sizes), cfg.dim))
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.dim * cfg.mlp, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)  # fmt: skip
+        self.trunk = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, total)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, indices: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits (B, h, w, K) for every position; ``mask`` (B, h, w) True where the index is unknown."""
+        if k not in self.offsets:
+            raise ValueError(f"K={k} not among the transformer's sizes {self.config.sizes}")
+        b, h, w = indices.shape
+        o = self.offsets[k]
+        tok = self.embed(indices.clamp(0, k - 1) + o)
+        slot = self.config.sizes.index(k)
+        tok = torch.where(mask[..., None], self.mask_token[slot].expand_as(tok), tok)
+        x = tok.reshape(b, h * w, -1) + sincos_2d(h, w, self.config.dim, indices.device)[None]
+        x = self.norm(self.trunk(x))
+        logits = F.linear(x, self.head.weight[o : o + k], self.head.bias[o : o + k])
+        return logits.reshape(b, h, w, k)
+
+    @torch.inference_mode()
+    def fill(self, indices: torch.Tensor, missing: torch.Tensor, k: int, steps: int = 6) -> torch.Tensor:
+        """MaskGIT-style iterative filling of ``missing`` (h, w) holes of one (h, w) map.
+
+        Each round predicts every remaining hole and keeps the most confident share
+        (cosine schedule), so later predictions see earlier ones. Deterministic (argmax).
+        """
+        idx = indices.clone()[None]
+        miss = missing.clone()[None]
+        total = int(miss.sum())
+        for step in range(steps):
+            left = int(miss.sum())
+            if left == 0:
+                break
+            logits = self.forward(idx, miss, k)
+            prob, pred = logits.softmax(-1).max(-1)
+            keep_left = math.floor(total * math.cos(math.pi / 2 * (step + 1) / steps))
+            n_fill = max(1, left - keep_left) if step < steps - 1 else left
+            conf = prob.masked_fill(~miss, -1.0).flatten()
+            chosen = conf.topk(n_fill).indices
+            flat_idx, flat_miss, flat_pred = idx.flatten(), miss.flatten(), pred.flatten()
+            flat_idx[chosen] = flat_pred[chosen]
+            flat_miss[chosen] = False
+            idx, miss = flat_idx.view_as(idx), flat_miss.view_as(miss)
+        return idx[0]
