@@ -5,7 +5,7 @@ and big batches, then L1 + LPIPS-VGG (cut after relu3_3) on larger crops, then a
 loss with feature matching once the reconstructions are stable. LPIPS-Alex is never a loss: it is
 the evaluation metric.
 
-State lives in ``<out>/last.ckpt`` (written atomically every ``--ckpt-minutes``), the log in
+State lives in ``<out>/last.ckpt`` (written atomically every ``--ckpt-minutes`` and on SIGINT/SIGTERM), the log in
 ``<out>/log.csv``, validation pictures in ``<out>/val_*.png``. ``--resume`` continues a run;
 ``--init-from models/<bundle>`` starts a new run from a shipped bundle (a new machine has no
 run folder, but it has the committed bundle).
@@ -17,6 +17,7 @@ import argparse
 import csv
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,13 @@ class Trainer:
         acc: dict[str, list[float]] = {}
         t_log = time.time()
         steps_since = 0
-        while self.step < args.steps and (time.time() - t_start) / 60 < args.minutes:
+        stop = {"now": False}
+
+        def _graceful(signum, frame):  # SIGINT/SIGTERM: finish the step, validate, save, exit
+            stop["now"] = True
+
+        old = {sig: signal.signal(sig, _graceful) for sig in (signal.SIGINT, signal.SIGTERM)}
+        while self.step < args.steps and (time.time() - t_start) / 60 < args.minutes and not stop["now"]:
             p = phase_at(self.phases, self.step)
             if p.name != phase.name:
                 self.log(f"phase {phase.name} -> {p.name}")
@@ -353,6 +360,8 @@ class Trainer:
             logf.close()
         self.log(f"finished: {row}")
         self.save()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class _null:
