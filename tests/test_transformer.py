@@ -55,3 +55,31 @@ def test_training_learns_a_constant_map(tmp_path):
     net.eval()
     filled = net.fill(torch.full((6, 6), 5), torch.ones(6, 6, dtype=torch.bool), 8)
     assert (filled == 5).all()
+
+
+def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from vqcodec import codec, corrupt, zoo
+
+    from .conftest import make_image
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, bundle_dir)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(make_image(64, 96, seed=i)).save(photos / f"p{i}.png")
+    before = zoo.load_model(bundle_dir)
+    ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run"), "--data", str(photos), "--steps", "3",
+                 "--batch", "2", "--crop", "4", "--dim", "32", "--depth", "1", "--export"])  # fmt: skip
+    b = zoo.load_model(bundle_dir)
+    assert b.model_id == before.model_id and b.recovery_model is not None
+    assert b.manifest["recovery"]["steps"] == 3
+    data = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
+    lossy, _ = corrupt.corrupt(data, loss=0.4, seed=1)
+    out, report = codec.decode_with_report(lossy, b)
+    assert out.shape == (96, 128, 3) and report.method == "masked"
+    assert codec.decode_with_report(lossy, b, method="neighbour")[1].method == "neighbour"

@@ -221,7 +221,9 @@ def decode(
     output: Annotated[str | None, typer.Option("-o", "--output", help="output image, folder (batch) or -")] = None,
     fmt: Annotated[str, typer.Option("--format", help="image format for batch output / stdout")] = "png",
     model: Annotated[str | None, typer.Option("--model", help="model bundle (default: from the file's id)")] = None,
-    recover: Annotated[str, typer.Option("--recover", help="lost-index prediction: none | neighbour")] = "neighbour",
+    recover: Annotated[
+        str, typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | masked")
+    ] = "auto",
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
@@ -234,8 +236,8 @@ def decode(
 
     from vqcodec import codec, imageio, recovery
 
-    if recover not in recovery.METHODS:
-        raise VqcUsageError(f"unknown recovery method {recover!r}; choose one of {', '.join(recovery.METHODS)}")
+    if recover != "auto" and recover not in recovery.METHODS:
+        raise VqcUsageError(f"unknown recovery method {recover!r}; choose one of auto, {', '.join(recovery.METHODS)}")
     suffix = "." + fmt.lower().lstrip(".")
     if Image.registered_extensions().get(suffix) is None:
         raise VqcUsageError(f"unknown image format {fmt!r}")

@@ -237,8 +237,11 @@ def unpack_packets(
         idx[:, sel] = vals.reshape(header.m, -1)
         missing[sel] = False
     book = bundle.codebook(k)
+    net = bundle.recovery_model if method in ("auto", "masked") and missing.any() else None
+    if method == "auto":
+        method = "masked" if net is not None else "neighbour"
     idx = recovery.recover(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts, method,
-                           bundle.model.quantize.cosine)  # fmt: skip
+                           bundle.model.quantize.cosine, net, k)  # fmt: skip
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
     report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, method)
     enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id)
@@ -249,8 +252,8 @@ def decode_with_report(
     data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
 ) -> tuple[np.ndarray, LossReport]:
     """Decode any .vqc file; for packetized ones also say what was lost and recovered."""
-    if method not in recovery.METHODS:
-        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of {', '.join(recovery.METHODS)}")
+    if method != "auto" and method not in recovery.METHODS:
+        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(recovery.METHODS)}")
     if container.is_packetized(bytes(data[:4])):
         enc, bundle, report = unpack_packets(data, model, max_pixels, method)
         return synthesize(enc, bundle), report

@@ -6,7 +6,9 @@ Methods (``--recover``):
   from the best-surrounded holes outwards, so that every hole gets one even at heavy loss. With
   interleaved packets a lost packet leaves isolated holes whose neighbours are mostly known.
 
-Transformer methods (autoregressive and masked, see the packet-loss issue) plug in here.
+- ``masked``: the bundle's bidirectional index-map transformer (``vqc train-recovery``), which
+  sees the received indices on every side and fills the holes in a few confident-first rounds.
+  Available when the bundle ships one; then it is the default.
 """
 
 from __future__ import annotations
@@ -17,24 +19,33 @@ import torch.nn.functional as F
 
 from vqcodec.errors import VqcUsageError
 
-METHODS = ("none", "neighbour")
-DEFAULT = "neighbour"
+METHODS = ("none", "neighbour", "masked")
+DEFAULT = "auto"  # masked when the bundle has a transformer, else neighbour
 
 
 def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
-            method: str = DEFAULT, cosine: bool = True) -> np.ndarray:  # fmt: skip
+            method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0) -> np.ndarray:  # fmt: skip
     """Fill ``indices`` (m, h, w) where ``missing`` (h, w) is True; returns a new array.
 
     Args:
         codes: (K, d) code vectors of the K-book (as used for decoding).
         counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
     """
+    if method == "auto":
+        method = "masked" if transformer is not None else "neighbour"
     if method not in METHODS:
-        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of {', '.join(METHODS)}")
+        raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
+    if method == "masked" and transformer is None:
+        raise VqcUsageError("this model bundle has no recovery transformer (train one: vqc train-recovery)")
     out = indices.copy()
     if not missing.any():
         return out
     fill = int(np.argmax(counts))
+    if method == "masked" and not missing.all():
+        miss = torch.from_numpy(missing)
+        for j in range(out.shape[0]):
+            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k).numpy()
+        return out
     if method == "none" or missing.all():
         out[:, missing] = fill
         return out

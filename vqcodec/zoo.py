@@ -30,6 +30,7 @@ DEFAULT_MODEL = "vqc-small"
 MANIFEST = "manifest.json"
 WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
+RECOVERY = "recovery.safetensors"
 BUNDLE_FORMAT = 1
 
 
@@ -56,6 +57,20 @@ class Bundle:
     model: VQAutoencoder
     codebooks: dict[int, torch.Tensor] = field(default_factory=dict)
     tables: dict[int, FrequencyTable] = field(default_factory=dict)
+    _recovery: object = None
+
+    @property
+    def recovery_model(self):
+        """The bundle's index-map transformer (``IndexTransformer``), or None if it ships none."""
+        if self._recovery is None and "recovery" in self.manifest:
+            from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+
+            rec = self.manifest["recovery"]
+            net = IndexTransformer(TransformerConfig.from_dict(rec["config"]))
+            sd = load_file(_verified(self.path, self.manifest, RECOVERY))
+            net.load_state_dict({k: v.float() for k, v in sd.items()})
+            self._recovery = net.eval().requires_grad_(False)
+        return self._recovery
 
     @property
     def model_id(self) -> int:
@@ -234,6 +249,22 @@ def save_bundle(
         "scores": scores or {},
         **(extra or {}),
     }
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    _load_cached.cache_clear()
+    return manifest
+
+
+def save_recovery(folder: Path, net, record: dict) -> dict:
+    """Add (or replace) a bundle's recovery transformer; the model id does not change, since
+    it only hashes the autoencoder and codebooks, so existing files still decode."""
+    folder = find_bundle(folder)
+    manifest = _read_manifest(folder)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    save_file(sd, str(folder / RECOVERY))
+    manifest["files"][RECOVERY] = sha256_file(folder / RECOVERY)
+    manifest["recovery"] = {"config": net.config.to_dict(), **record}
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, folder / MANIFEST)

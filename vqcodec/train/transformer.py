@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,6 +141,15 @@ def main(argv: list[str] | None = None) -> None:
             last_save = time.time()
     _save(ckpt, model, opt, step, rng, cfg)
     logf.close()
+    if args.export:
+        from vqcodec.zoo import save_recovery
+
+        rec = list(csv.reader(open(args.out / "log.csv")))
+        last = float(rec[-1][1]) if rec else float("nan")
+        save_recovery(bundle.path, model.eval(), {"steps": step, "crop": args.crop, "batch": args.batch,
+                                                  "masked_cross_entropy_nats": last,
+                                                  "data": "index maps of training photos (never Kodak)"})  # fmt: skip
+        print(f"recovery transformer stored in {bundle.path}")
 
 
 def _save(path: Path, model, opt, step, rng, cfg) -> None:
