@@ -78,7 +78,7 @@ def test_any_loss_still_gives_an_image(tiny, loss):
     data = codec.encode(img, 16, tiny) and codec.pack(codec.analyze(img, tiny, 16), tiny, packets=16)
     for seed in range(3):
         bad, rep = corrupt.corrupt(data, loss=loss, seed=seed)
-        for method in recovery.METHODS:
+        for method in ("auto", "none", "neighbour"):
             out, report = codec.decode_with_report(bad, tiny, method=method)
             assert out.shape == img.shape
             assert len(report.lost_packets) == len(rep.dropped)

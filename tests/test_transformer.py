@@ -83,3 +83,45 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     out, report = codec.decode_with_report(lossy, b)
     assert out.shape == (96, 128, 3) and report.method == "masked"
     assert codec.decode_with_report(lossy, b, method="neighbour")[1].method == "neighbour"
+
+
+def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_path):
+    import shutil
+
+    import pytest
+
+    from vqcodec import codec, context, zoo
+    from vqcodec.container import CodingMode
+    from vqcodec.errors import VqcFormatError, VqcUsageError
+
+    from .conftest import make_image
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, bundle_dir)
+    plain = zoo.load_model(bundle_dir)
+    assert codec.best_mode(plain, 16) == CodingMode.STATIC
+    with pytest.raises(VqcUsageError, match="context model"):
+        codec.encode(make_image(32, 32), 16, plain, CodingMode.CONTEXT)
+    torch.manual_seed(0)
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16, 32, 64), dim=32, depth=1, heads=4)).eval()
+    zoo.save_recovery(bundle_dir, net, {"steps": 0})
+    b = zoo.load_model(bundle_dir)
+    img = make_image(80, 112, seed=3)
+    enc = codec.analyze(img, b, 32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = codec.encode(img, 32, b)
+        torch.set_num_threads(2)
+        c = codec.encode(img, 32, b)
+        back, _ = codec.unpack(a, b)
+    finally:
+        torch.set_num_threads(old)
+    assert a == c and codec.info(a).header.mode == CodingMode.CONTEXT
+    assert np.array_equal(back.indices, enc.indices)
+    payload = context.encode_context(enc.indices, b.recovery_model, 32)
+    bad = payload[:2] + bytes([payload[2] ^ 0x40]) + payload[3:]
+    with pytest.raises(VqcFormatError):
+        context.decode_context(bad, b.recovery_model, 32, 1, *enc.indices.shape[1:])
+    with pytest.raises(VqcUsageError, match="packets"):
+        codec.pack(enc, b, CodingMode.CONTEXT, packets=4)

@@ -51,7 +51,7 @@ def encode(
     codebook: int = 64,
     model: Bundle | str | os.PathLike | None = None,
     *,
-    raw: bool = False,
+    entropy: str = "auto",
     max_pixels: int = MAX_PIXELS,
 ) -> bytes:
     """Compress an image to the bytes of a .vqc file.
@@ -60,11 +60,21 @@ def encode(
         image: a PIL image, an (H, W, 3) / (H, W) uint8 array, or a path to an image file.
         codebook: codebook size K, the rate knob (8 ... 1024 for the default model).
         model: a loaded ``Bundle``, a bundle name or folder; default: the shipped default.
-        raw: store fixed-width indices instead of range-coding them.
+        entropy: "auto" (context model when the bundle has one, else static), "static",
+            "context" or "raw" (fixed-width indices, the paper's uncoded baseline).
         max_pixels: refuse images with more pixels than this.
     """
-    mode = CodingMode.RAW if raw else CodingMode.STATIC
-    return codec.encode(as_pixels(image, max_pixels), codebook, _model(model), mode, max_pixels)
+    return codec.encode(as_pixels(image, max_pixels), codebook, _model(model), coding_mode(entropy), max_pixels)
+
+
+def coding_mode(entropy: str) -> CodingMode | None:
+    """ "auto" -> None (the codec picks the best available), else the named mode."""
+    modes = {"static": CodingMode.STATIC, "context": CodingMode.CONTEXT, "raw": CodingMode.RAW}
+    if entropy == "auto":
+        return None
+    if entropy not in modes:
+        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, context or raw")
+    return modes[entropy]
 
 
 def decode(

@@ -156,7 +156,9 @@ def encode(
     output: Annotated[str | None, typer.Option("-o", "--output", help="output file, folder (batch) or -")] = None,
     codebook: Annotated[int, typer.Option("-k", "--codebook", help="codebook size K: the rate knob")] = 64,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
-    raw: Annotated[bool, typer.Option("--raw", help="fixed-width indices, no entropy coding")] = False,
+    entropy_coder: Annotated[
+        str, typer.Option("--entropy", help="auto | static | context | raw (fixed-width, uncoded)")
+    ] = "auto",
     packets: Annotated[
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
     ] = None,
@@ -176,8 +178,13 @@ def encode(
     plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
     bundle.codebook(codebook)  # fail early on an unavailable K
-    mode = CodingMode.RAW if raw else CodingMode.STATIC
+    from vqcodec.api import coding_mode
+
+    chosen = coding_mode(entropy_coder)
     n_packets, packet_bytes = _parse_packets(packets)
+    if chosen is None:
+        chosen = CodingMode.STATIC if (n_packets or packet_bytes) else codec.best_mode(bundle, codebook)
+    mode = chosen
 
     def work(job: Job) -> Result:
         try:

@@ -114,20 +114,45 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     return _to_pixels(x)[:h, :w]
 
 
+def _context_net(bundle: Bundle, k: int):
+    net = bundle.recovery_model
+    if net is None or k not in net.config.sizes:
+        raise VqcUsageError(f"model {bundle.name!r} has no context model for K={k} (train one: vqc train-recovery)")
+    return net
+
+
 def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> bytes:
     if mode == CodingMode.STATIC:
         return entropy.encode_static(indices, bundle.table(k))
     if mode == CodingMode.RAW:
         return entropy.encode_raw(indices, k)
+    if mode == CodingMode.CONTEXT:
+        from vqcodec import context
+
+        return context.encode_context(indices, _context_net(bundle, k), k)
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
-def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int) -> np.ndarray:
+def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int, shape=None) -> np.ndarray:
     if mode == CodingMode.STATIC:
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
-    raise VqcFormatError(f"coding mode {mode.name} is not supported by this decoder")
+    if mode == CodingMode.CONTEXT and shape is not None:
+        from vqcodec import context
+
+        try:
+            net = _context_net(bundle, k)
+        except VqcUsageError as e:
+            raise VqcFormatError(f"context-coded file: {e}") from None
+        return context.decode_context(payload, net, k, *shape).ravel()
+    raise VqcFormatError(f"coding mode {mode.name} is not supported here")
+
+
+def best_mode(bundle: Bundle, k: int) -> CodingMode:
+    """Context coding when the bundle has a context model for K, else static range coding."""
+    net = bundle.recovery_model
+    return CodingMode.CONTEXT if net is not None and k in net.config.sizes else CodingMode.STATIC
 
 
 def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0) -> bytes:
@@ -141,6 +166,8 @@ def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, pac
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
     if not packets:
         return container.pack(header, _code(enc.indices, bundle, k, mode))
+    if mode == CodingMode.CONTEXT:
+        raise VqcUsageError("context coding needs the whole map: use --entropy static with --packets")
     _, hh, ww = enc.indices.shape
     n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
     assign = interleave.assignment(hh, ww, n)
@@ -152,7 +179,7 @@ def encode(
     pixels: np.ndarray,
     codebook_size: int = 64,
     model: Bundle | str | None = None,
-    mode: CodingMode = CodingMode.STATIC,
+    mode: CodingMode | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> bytes:
     """Compress an (H, W, 3) uint8 RGB image to .vqc bytes.
@@ -163,6 +190,7 @@ def encode(
     """
     bundle = model if isinstance(model, Bundle) else load_model(model)
     check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    mode = best_mode(bundle, codebook_size) if mode is None else mode
     return pack(analyze(pixels, bundle, codebook_size), bundle, mode)
 
 
@@ -176,12 +204,7 @@ def unpack(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX
         raise VqcFormatError(f"file has m={header.m} indices per position, model has {bundle.m}")
     hh, ww = _latent_hw(header.width, header.height, bundle.stride)
     count = header.m * hh * ww
-    if header.mode == CodingMode.STATIC:
-        flat = entropy.decode_static(payload, bundle.table(_k(header, bundle)), count)
-    elif header.mode == CodingMode.RAW:
-        flat = entropy.decode_raw(payload, header.codebook_size, count)
-    else:
-        raise VqcFormatError(f"coding mode {header.mode.name} is not supported by this decoder")
+    flat = _uncode(payload, bundle, _k(header, bundle), header.mode, count, (header.m, hh, ww))
     idx = flat.reshape(header.m, hh, ww)
     padded = (ww * bundle.stride, hh * bundle.stride)
     enc = Encoded(idx, (header.width, header.height), padded, header.codebook_size, header.model_id)

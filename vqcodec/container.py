@@ -40,7 +40,7 @@ CRC_BYTES = 4
 
 class CodingMode(IntEnum):
     STATIC = 0  # range coding with the bundle's per-K index frequencies
-    CONTEXT = 1  # range coding with a learned context model (reserved)
+    CONTEXT = 1  # range coding with the bundle's transformer context model (unpacketized only)
     RAW = 2  # fixed-width ceil(log2 K) bits per index
 
 

@@ -3,7 +3,7 @@
 Importing this module registers the plugin (like Pillow's own plugins); ``register_vqc_opener()``
 does the same explicitly and is idempotent (Pillow 13 has no plugin entry point, so an import is
 needed). Opening reads only the header (size and mode are known without decoding); the
-pixels are decoded by ``load()``. Save options: ``codebook`` (K, default 64), ``model``, ``raw``.
+pixels are decoded by ``load()``. Save options: ``codebook`` (K, default 64), ``model``, ``entropy``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from vqcodec import api
 
     opts = im.encoderinfo
-    fp.write(api.encode(im, opts.get("codebook", 64), opts.get("model"), raw=bool(opts.get("raw", False))))
+    fp.write(api.encode(im, opts.get("codebook", 64), opts.get("model"), entropy=opts.get("entropy", "auto")))
 
 
 def register_vqc_opener() -> None:

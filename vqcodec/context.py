@@ -1,0 +1,109 @@
+"""Context-model entropy coding of index maps with the bundle's index-map transformer.
+
+The map is coded in four groups of a 2x2 lattice (g = 2 (r mod 2) + (c mod 2), order 0, 3, 1, 2):
+group 0 with nothing visible, each later group with all earlier groups visible. Four transformer
+passes per image, whatever its size, so decoding stays parallel and fast.
+
+Bit-exactness: both sides quantize the softmax to integer frequencies in fixed point
+(``round(p * 2^PRECISION)``, floored at 1, computed in float64 from float32 logits), and the
+transformer runs single-threaded inside ``deterministic_threads`` so its floating-point reduction
+order does not depend on the caller's thread count. Across machines (other CPUs, other BLAS
+builds) logits can still differ in their last bits; a CRC-16 of the index map travels with the
+payload, so a mismatch is reported as an error, never drawn as a wrong picture.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from contextlib import contextmanager
+
+import constriction
+import numpy as np
+import torch
+
+from vqcodec.errors import VqcFormatError
+
+PRECISION = 16
+ORDER = (0, 3, 1, 2)
+_Categorical = constriction.stream.model.Categorical
+
+
+@contextmanager
+def deterministic_threads(n: int = 1):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def groups(h: int, w: int) -> np.ndarray:
+    r, c = np.mgrid[0:h, 0:w]
+    return 2 * (r % 2) + (c % 2)
+
+
+def _frequencies(logits: torch.Tensor) -> np.ndarray:
+    """(N, K) logits -> (N, K) integer frequencies >= 1, deterministic given the logits."""
+    p = torch.softmax(logits.double(), dim=-1).numpy()
+    return np.maximum(np.rint(p * (1 << PRECISION)), 1).astype(np.int64)
+
+
+def _group_models(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> np.ndarray:
+    with deterministic_threads(1), torch.inference_mode():
+        logits = net(idx[None], ~visible[None], k)[0]
+    return _frequencies(logits[torch.from_numpy(sel)])
+
+
+def map_checksum(indices: np.ndarray) -> int:
+    return binascii.crc_hqx(np.ascontiguousarray(indices, dtype="<u2").tobytes(), 0xFFFF)
+
+
+def encode_context(indices: np.ndarray, net, k: int) -> bytes:
+    """(m, h, w) indices -> CRC-16 of the map + range-coded words (little-endian)."""
+    m, h, w = indices.shape
+    g = groups(h, w)
+    enc = constriction.stream.queue.RangeEncoder()
+    for j in range(m):
+        plane = torch.from_numpy(indices[j].astype(np.int64))
+        visible = torch.zeros(h, w, dtype=torch.bool)
+        for grp in ORDER:
+            sel = g == grp
+            if not sel.any():
+                continue
+            freq = _group_models(net, plane, visible, sel, k)
+            probs = freq / freq.sum(axis=1, keepdims=True)
+            enc.encode(indices[j][sel].astype(np.int32), _Categorical(perfect=False), probs)
+            visible |= torch.from_numpy(sel)
+    words = enc.get_compressed().astype("<u4").tobytes()
+    return struct.pack("<H", map_checksum(indices)) + words
+
+
+def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int) -> np.ndarray:
+    if len(payload) < 2 or (len(payload) - 2) % 4:
+        raise VqcFormatError("context-coded payload has a bad length")
+    crc = struct.unpack("<H", payload[:2])[0]
+    words = np.frombuffer(payload[2:], dtype="<u4").astype(np.uint32)
+    dec = constriction.stream.queue.RangeDecoder(words)
+    g = groups(h, w)
+    out = np.zeros((m, h, w), dtype=np.int64)
+    try:
+        for j in range(m):
+            plane = torch.zeros(h, w, dtype=torch.int64)
+            visible = torch.zeros(h, w, dtype=torch.bool)
+            for grp in ORDER:
+                sel = g == grp
+                if not sel.any():
+                    continue
+                freq = _group_models(net, plane, visible, sel, k)
+                probs = freq / freq.sum(axis=1, keepdims=True)
+                vals = np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
+                out[j][sel] = vals
+                plane[torch.from_numpy(sel)] = torch.from_numpy(vals)
+                visible |= torch.from_numpy(sel)
+    except (AssertionError, ValueError, RuntimeError) as e:
+        raise VqcFormatError(f"context decoding failed: {e}") from None
+    if map_checksum(out) != crc:
+        raise VqcFormatError("index-map checksum mismatch: the context model differs from the encoder's")
+    return out
