@@ -49,8 +49,8 @@ class Phase:
 def schedule(args: argparse.Namespace) -> list[Phase]:
     return [
         Phase("pixel", args.pixel_steps, args.pixel_crop, args.pixel_batch, 0.0, 1.0, False),
-        Phase("perceptual", args.gan_start, args.crop, args.batch, args.lpips_weight, 0.0, False),
-        Phase("gan", -1, args.crop, args.batch, args.lpips_weight, 0.0, True),
+        Phase("perceptual", args.gan_start, args.crop, args.batch, args.lpips_weight, args.perceptual_mse, False),
+        Phase("gan", -1, args.crop, args.batch, args.lpips_weight, args.perceptual_mse, True),
     ]
 
 
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lpips-weight", type=float, default=1.0)
+    ap.add_argument("--perceptual-mse", type=float, default=0.0, help="MSE weight in the perceptual/GAN phases")
+    ap.add_argument("--decay-start", type=int, default=-1, help="step where the linear LR decay starts (-1: never)")
+    ap.add_argument("--decay-steps", type=int, default=0, help="length of the decay to 10 %% of --lr")
     ap.add_argument("--lpips-layers", type=int, default=3)
     ap.add_argument("--lpips-subset", type=float, default=1.0, help="share of the batch that gets LPIPS-VGG")
     ap.add_argument("--gan-start", type=int, default=10**9, help="step where the GAN loss starts")
@@ -207,7 +210,7 @@ class Trainer:
     def _loader(self, phase: Phase):
         ds = CropStream(self.train_images, phase.crop, seed=self.args.seed * 7919 + self.step + self.rank)
         dl = torch.utils.data.DataLoader(
-            ds, batch_size=phase.batch, num_workers=self.args.workers,
+            ds, batch_size=phase.batch, num_workers=self.args.workers, worker_init_fn=_ignore_stop_signals,
             persistent_workers=self.args.workers > 0, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         return iter(dl)
@@ -221,8 +224,13 @@ class Trainer:
         return self.lpips
 
     def _adaptive_lr(self) -> float:
-        warm = 200
-        return self.args.lr * min(1.0, (self.step + 1) / warm)
+        """Warm-up over 200 steps, then constant, then (optionally) a linear decay to 10 %."""
+        a = self.args
+        lr = a.lr * min(1.0, (self.step + 1) / 200)
+        if a.decay_start >= 0 and a.decay_steps > 0:
+            t = min(1.0, max(0.0, (self.step - a.decay_start) / a.decay_steps))
+            lr *= 1.0 - 0.9 * t
+        return lr
 
     def train_step(self, x: torch.Tensor, phase: Phase) -> dict[str, float]:
         model, args = self.model, self.args
@@ -364,6 +372,12 @@ class Trainer:
         self.save()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process, which stops cleanly and saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _null:
