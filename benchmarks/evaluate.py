@@ -79,9 +79,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no PNG images in {args.data}")
     ks = args.ks or bundle.codebook_sizes
     print(f"model {bundle.name} ({bundle.manifest['model_id']}), {len(images)} images from {args.data}")
-    rows = evaluate(bundle, images, ks)
-    summary = summarize(rows)
     args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for k in ks:  # results are written after every K, so a stopped run keeps what it measured
+        rows += evaluate(bundle, images, [k])
+        summary = write(rows, bundle, images, args)
+    print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS |\n|---|---|---|---|---|---|")
+    for s in summary:
+        print(f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |")
+
+
+def write(rows: list[dict], bundle, images: list[Path], args) -> list[dict]:
+    summary = summarize(rows)
     tag = f"{bundle.name}_{bundle.manifest['model_id']}"
     with open(args.out / f"eval_{tag}_images.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "K", "bytes", *FIELDS])
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             man["scores"][str(s["K"])] = {f: round(s[f], 5) for f in FIELDS} | {"images": s["n"]}
         man["scores"]["dataset"] = f"Kodak ({len(images)} images), full-resolution RGB; benchmarks/evaluate.py"
         path.write_text(json.dumps(man, indent=1) + "\n")
-        print(f"scores written to {path}")
+    return summary
 
 
 if __name__ == "__main__":
