@@ -55,5 +55,5 @@ def test_shipped_default_bundle_round_trip():
     assert bundle.manifest["training"]["steps"] > 0
     img = make_image(64, 96)
     for k in (8, 1024):
-        out = vqcodec.decode(vqcodec.encode(img, k))
+        out = vqcodec.decode_array(vqcodec.encode(img, k))
         assert out.shape == img.shape
