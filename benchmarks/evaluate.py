@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         summary = write(rows, bundle, images, args)
     print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS |\n|---|---|---|---|---|---|")
     for s in summary:
-        print(f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |")
+        print(
+            f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |"
+        )
 
 
 def write(rows: list[dict], bundle, images: list[Path], args) -> list[dict]:
