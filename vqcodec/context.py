@@ -50,10 +50,20 @@ def _frequencies(logits: torch.Tensor) -> np.ndarray:
     return np.maximum(np.rint(p * (1 << PRECISION)), 1).astype(np.int64)
 
 
-def _group_models(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> np.ndarray:
+def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) coding probabilities of the positions ``sel``, from fixed-point integer frequencies."""
     with deterministic_threads(1), torch.inference_mode():
         logits = net(idx[None], ~visible[None], k)[0]
-    return _frequencies(logits[torch.from_numpy(sel)])
+    freq = _frequencies(logits[torch.from_numpy(sel)])
+    return freq / freq.sum(axis=1, keepdims=True)
+
+
+def _groups_in_order(h: int, w: int):
+    g = groups(h, w)
+    for grp in ORDER:
+        sel = g == grp
+        if sel.any():
+            yield sel
 
 
 def map_checksum(indices: np.ndarray) -> int:
@@ -63,17 +73,12 @@ def map_checksum(indices: np.ndarray) -> int:
 def encode_context(indices: np.ndarray, net, k: int) -> bytes:
     """(m, h, w) indices -> CRC-16 of the map + range-coded words (little-endian)."""
     m, h, w = indices.shape
-    g = groups(h, w)
     enc = constriction.stream.queue.RangeEncoder()
     for j in range(m):
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
-        for grp in ORDER:
-            sel = g == grp
-            if not sel.any():
-                continue
-            freq = _group_models(net, plane, visible, sel, k)
-            probs = freq / freq.sum(axis=1, keepdims=True)
+        for sel in _groups_in_order(h, w):
+            probs = _group_probs(net, plane, visible, sel, k)
             enc.encode(indices[j][sel].astype(np.int32), _Categorical(perfect=False), probs)
             visible |= torch.from_numpy(sel)
     words = enc.get_compressed().astype("<u4").tobytes()
@@ -86,18 +91,13 @@ def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int) -> np.nd
     crc = struct.unpack("<H", payload[:2])[0]
     words = np.frombuffer(payload[2:], dtype="<u4").astype(np.uint32)
     dec = constriction.stream.queue.RangeDecoder(words)
-    g = groups(h, w)
     out = np.zeros((m, h, w), dtype=np.int64)
     try:
         for j in range(m):
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for grp in ORDER:
-                sel = g == grp
-                if not sel.any():
-                    continue
-                freq = _group_models(net, plane, visible, sel, k)
-                probs = freq / freq.sum(axis=1, keepdims=True)
+            for sel in _groups_in_order(h, w):
+                probs = _group_probs(net, plane, visible, sel, k)
                 vals = np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
                 out[j][sel] = vals
                 plane[torch.from_numpy(sel)] = torch.from_numpy(vals)
