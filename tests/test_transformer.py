@@ -29,6 +29,23 @@ def test_masked_values_do_not_leak():
     assert torch.allclose(net(x, m, 8), net(y, m, 8))
 
 
+def test_causal_model_sees_only_the_past():
+    torch.manual_seed(0)
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=2, heads=4, causal=True)).eval()
+    x = torch.randint(0, 8, (1, 4, 5))
+    m = torch.zeros(1, 4, 5, dtype=torch.bool)
+    t = 2 * 5 + 3  # raster position (2, 3)
+    y = x.clone().flatten()
+    y[t:] = (y[t:] + 1) % 8  # change the position itself and everything after it
+    a, b = net(x, m, 8).flatten(1, 2), net(y.view(1, 4, 5), m, 8).flatten(1, 2)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-5)  # predictions up to t unchanged
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+    miss = torch.zeros(4, 5, dtype=torch.bool)
+    miss[1, 1] = miss[3, 4] = True
+    filled = net.predict_raster(x[0], miss, 8)
+    assert torch.equal(filled[~miss], x[0][~miss]) and torch.equal(filled, net.predict_raster(x[0], miss, 8))
+
+
 def test_fill_only_touches_holes_and_is_deterministic():
     net = small()
     x = torch.randint(0, 16, (6, 9))
@@ -47,7 +64,7 @@ def test_training_learns_a_constant_map(tmp_path):
     rng = random.Random(0)
     for _ in range(40):
         k = rng.choice([8, 16])
-        x, m = ttrain.batch(maps, k, 8, 4, rng)
+        x, m = ttrain.batch(maps[k], 8, 4, rng)
         loss = torch.nn.functional.cross_entropy(net(x, m, k)[m], x[m])
         opt.zero_grad()
         loss.backward()
@@ -59,6 +76,10 @@ def test_training_learns_a_constant_map(tmp_path):
 
 def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     import shutil
+
+    import pytest
+
+    from vqcodec.errors import VqcUsageError
 
     from PIL import Image
 
@@ -83,6 +104,15 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     out, report = codec.decode_with_report(lossy, b)
     assert out.shape == (96, 128, 3) and report.method == "masked"
     assert codec.decode_with_report(lossy, b, method="neighbour")[1].method == "neighbour"
+    with pytest.raises(VqcUsageError, match="no ar recovery transformer"):
+        codec.decode_with_report(lossy, b, method="ar")
+    ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-ar"), "--data", str(photos), "--steps", "3",
+                 "--batch", "2", "--crop", "4", "--dim", "32", "--depth", "1", "--causal", "--export"])  # fmt: skip
+    b = zoo.load_model(bundle_dir)
+    assert b.ar_model is not None and b.ar_model.config.causal and b.manifest["recovery_ar"]["steps"] == 3
+    out, report = codec.decode_with_report(lossy, b, method="ar")
+    assert out.shape == (96, 128, 3) and report.method == "ar"
+    assert codec.decode_with_report(lossy, b)[1].method == "masked"  # auto prefers masked
 
 
 def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_path):
@@ -119,9 +149,18 @@ def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_pat
         torch.set_num_threads(old)
     assert a == c and codec.info(a).header.mode == CodingMode.CONTEXT
     assert np.array_equal(back.indices, enc.indices)
-    payload = context.encode_context(enc.indices, b.recovery_model, 32)
-    bad = payload[:2] + bytes([payload[2] ^ 0x40]) + payload[3:]
+    payload = context.encode_context(enc.indices, b.recovery_model, 32, tag=0x1234)
+    assert np.array_equal(context.decode_context(payload, b.recovery_model, 32, 1, *enc.indices.shape[1:], tag=0x1234),
+                          enc.indices)  # fmt: skip
+    bad = payload[:4] + bytes([payload[4] ^ 0x40]) + payload[5:]
     with pytest.raises(VqcFormatError):
-        context.decode_context(bad, b.recovery_model, 32, 1, *enc.indices.shape[1:])
+        context.decode_context(bad, b.recovery_model, 32, 1, *enc.indices.shape[1:], tag=0x1234)
+    with pytest.raises(VqcFormatError, match="another context model"):
+        context.decode_context(payload, b.recovery_model, 32, 1, *enc.indices.shape[1:], tag=0x4321)
+    # a retrained context model under the same model id: the file is refused, not misdecoded
+    torch.manual_seed(1)
+    zoo.save_recovery(bundle_dir, IndexTransformer(net.config).eval(), {"steps": 1})
+    with pytest.raises(VqcFormatError, match="another context model"):
+        codec.unpack(a, zoo.load_model(bundle_dir))
     with pytest.raises(VqcUsageError, match="packets"):
         codec.pack(enc, b, CodingMode.CONTEXT, packets=4)

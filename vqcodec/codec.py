@@ -129,7 +129,7 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
     if mode == CodingMode.CONTEXT:
         from vqcodec import context
 
-        return context.encode_context(indices, _context_net(bundle, k), k)
+        return context.encode_context(indices, _context_net(bundle, k), k, bundle.context_tag)
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
@@ -145,7 +145,7 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
             net = _context_net(bundle, k)
         except VqcUsageError as e:
             raise VqcFormatError(f"context-coded file: {e}") from None
-        return context.decode_context(payload, net, k, *shape).ravel()
+        return context.decode_context(payload, net, k, *shape, tag=bundle.context_tag).ravel()
     raise VqcFormatError(f"coding mode {mode.name} is not supported here")
 
 
@@ -260,15 +260,24 @@ def unpack_packets(
         idx[:, sel] = vals.reshape(header.m, -1)
         missing[sel] = False
     book = bundle.codebook(k)
-    net = bundle.recovery_model if method in ("auto", "masked") and missing.any() else None
-    if method == "auto":
-        method = "masked" if net is not None else "neighbour"
+    method, net = _recovery_choice(bundle, method, bool(missing.any()))
     idx = recovery.recover(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts, method,
                            bundle.model.quantize.cosine, net, k)  # fmt: skip
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
     report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, method)
     enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id)
     return enc, bundle, report
+
+
+def _recovery_choice(bundle: Bundle, method: str, needed: bool):
+    """Resolve ``auto`` (masked, else ar, else neighbour) and load the transformer it needs."""
+    if method == "auto":
+        method = (
+            "masked" if "recovery" in bundle.manifest else "ar" if "recovery_ar" in bundle.manifest else "neighbour"
+        )
+    if not needed:
+        return method, None
+    return method, {"masked": bundle.recovery_model, "ar": bundle.ar_model}.get(method)
 
 
 def decode_with_report(

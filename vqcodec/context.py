@@ -9,7 +9,9 @@ Bit-exactness: both sides quantize the softmax to integer frequencies in fixed p
 transformer runs single-threaded inside ``deterministic_threads`` so its floating-point reduction
 order does not depend on the caller's thread count. Across machines (other CPUs, other BLAS
 builds) logits can still differ in their last bits; a CRC-16 of the index map travels with the
-payload, so a mismatch is reported as an error, never drawn as a wrong picture.
+payload, so a mismatch is reported as an error, never drawn as a wrong picture. A 16-bit tag of
+the transformer's weights (from its sha256) comes first, so a file coded with another version of
+the context model is refused before any decoding.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def map_checksum(indices: np.ndarray) -> int:
     return binascii.crc_hqx(np.ascontiguousarray(indices, dtype="<u2").tobytes(), 0xFFFF)
 
 
-def encode_context(indices: np.ndarray, net, k: int) -> bytes:
-    """(m, h, w) indices -> CRC-16 of the map + range-coded words (little-endian)."""
+def encode_context(indices: np.ndarray, net, k: int, tag: int = 0) -> bytes:
+    """(m, h, w) indices -> model tag (u16) + CRC-16 of the map (u16) + range-coded words (LE u32)."""
     m, h, w = indices.shape
     enc = constriction.stream.queue.RangeEncoder()
     for j in range(m):
@@ -82,14 +84,17 @@ def encode_context(indices: np.ndarray, net, k: int) -> bytes:
             enc.encode(indices[j][sel].astype(np.int32), _Categorical(perfect=False), probs)
             visible |= torch.from_numpy(sel)
     words = enc.get_compressed().astype("<u4").tobytes()
-    return struct.pack("<H", map_checksum(indices)) + words
+    return struct.pack("<HH", tag, map_checksum(indices)) + words
 
 
-def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int) -> np.ndarray:
-    if len(payload) < 2 or (len(payload) - 2) % 4:
+def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int = 0) -> np.ndarray:
+    if len(payload) < 4 or (len(payload) - 4) % 4:
         raise VqcFormatError("context-coded payload has a bad length")
-    crc = struct.unpack("<H", payload[:2])[0]
-    words = np.frombuffer(payload[2:], dtype="<u4").astype(np.uint32)
+    file_tag, crc = struct.unpack("<HH", payload[:4])
+    if file_tag != tag:
+        raise VqcFormatError(f"file was context-coded with another context model (tag {file_tag:04x}, "
+                             f"this bundle has {tag:04x})")  # fmt: skip
+    words = np.frombuffer(payload[4:], dtype="<u4").astype(np.uint32)
     dec = constriction.stream.queue.RangeDecoder(words)
     out = np.zeros((m, h, w), dtype=np.int64)
     try:

@@ -6,6 +6,9 @@ Methods (``--recover``):
   from the best-surrounded holes outwards, so that every hole gets one even at heavy loss. With
   interleaved packets a lost packet leaves isolated holes whose neighbours are mostly known.
 
+- ``ar``: the paper's autoregressive transformer (``vqc train-recovery --causal``): each hole is
+  predicted from the indices before it in raster order, earlier holes marked lost, as trained with
+  the paper's masking. It cannot see what was received after a hole.
 - ``masked``: the bundle's bidirectional index-map transformer (``vqc train-recovery``), which
   sees the received indices on every side and fills the holes in a few confident-first rounds.
   Available when the bundle ships one; then it is the default.
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from vqcodec.errors import VqcUsageError
 
-METHODS = ("none", "neighbour", "masked")
+METHODS = ("none", "neighbour", "ar", "masked")
 DEFAULT = "auto"  # masked when the bundle has a transformer, else neighbour
 
 
@@ -35,8 +38,9 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, count
         method = "masked" if transformer is not None else "neighbour"
     if method not in METHODS:
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
-    if method == "masked" and transformer is None:
-        raise VqcUsageError("this model bundle has no recovery transformer (train one: vqc train-recovery)")
+    if method in ("masked", "ar") and transformer is None:
+        hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
+        raise VqcUsageError(f"this model bundle has no {method} recovery transformer (train one: {hint})")
     out = indices.copy()
     if not missing.any():
         return out
@@ -45,6 +49,11 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, count
         miss = torch.from_numpy(missing)
         for j in range(out.shape[0]):
             out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k).numpy()
+        return out
+    if method == "ar":
+        miss = torch.from_numpy(missing)
+        for j in range(out.shape[0]):
+            out[j] = transformer.predict_raster(torch.from_numpy(out[j]), miss, k).numpy()
         return out
     if method == "none" or missing.all():
         out[:, missing] = fill

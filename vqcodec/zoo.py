@@ -31,6 +31,9 @@ MANIFEST = "manifest.json"
 WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
 RECOVERY = "recovery.safetensors"
+RECOVERY_AR = "recovery-ar.safetensors"
+# manifest key -> weight file of the index-map transformers a bundle may ship
+TRANSFORMERS = {"recovery": RECOVERY, "recovery_ar": RECOVERY_AR}
 BUNDLE_FORMAT = 1
 
 
@@ -57,20 +60,33 @@ class Bundle:
     model: VQAutoencoder
     codebooks: dict[int, torch.Tensor] = field(default_factory=dict)
     tables: dict[int, FrequencyTable] = field(default_factory=dict)
-    _recovery: object = None
+    _transformers: dict = field(default_factory=dict)
+
+    def _transformer(self, key: str):
+        if key not in self._transformers and key in self.manifest:
+            from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+
+            net = IndexTransformer(TransformerConfig.from_dict(self.manifest[key]["config"]))
+            sd = load_file(_verified(self.path, self.manifest, TRANSFORMERS[key]))
+            net.load_state_dict({k: v.float() for k, v in sd.items()})
+            self._transformers[key] = net.eval().requires_grad_(False)
+        return self._transformers.get(key)
 
     @property
     def recovery_model(self):
-        """The bundle's index-map transformer (``IndexTransformer``), or None if it ships none."""
-        if self._recovery is None and "recovery" in self.manifest:
-            from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+        """The bidirectional index-map transformer (masked recovery, context coding), or None."""
+        return self._transformer("recovery")
 
-            rec = self.manifest["recovery"]
-            net = IndexTransformer(TransformerConfig.from_dict(rec["config"]))
-            sd = load_file(_verified(self.path, self.manifest, RECOVERY))
-            net.load_state_dict({k: v.float() for k, v in sd.items()})
-            self._recovery = net.eval().requires_grad_(False)
-        return self._recovery
+    @property
+    def ar_model(self):
+        """The causal (raster-order) index-map transformer of ``--recover ar``, or None."""
+        return self._transformer("recovery_ar")
+
+    @property
+    def context_tag(self) -> int:
+        """16 bits of the context model's sha256, written into context-coded payloads so that a
+        file coded with another version of the transformer is refused up front."""
+        return int(self.manifest["files"][RECOVERY][:4], 16)
 
     @property
     def model_id(self) -> int:
@@ -256,15 +272,17 @@ def save_bundle(
     return manifest
 
 
-def save_recovery(folder: Path, net, record: dict) -> dict:
-    """Add (or replace) a bundle's recovery transformer; the model id does not change, since
-    it only hashes the autoencoder and codebooks, so existing files still decode."""
+def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict:
+    """Add (or replace) a bundle's index-map transformer (``kind`` masked or ar); the model id
+    does not change, since it only hashes the autoencoder and codebooks, so static-coded files
+    still decode (context-coded ones carry the transformer's own tag)."""
+    key = {"masked": "recovery", "ar": "recovery_ar"}[kind]
     folder = find_bundle(folder)
     manifest = _read_manifest(folder)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    save_file(sd, str(folder / RECOVERY))
-    manifest["files"][RECOVERY] = sha256_file(folder / RECOVERY)
-    manifest["recovery"] = {"config": net.config.to_dict(), **record}
+    save_file(sd, str(folder / TRANSFORMERS[key]))
+    manifest["files"][TRANSFORMERS[key]] = sha256_file(folder / TRANSFORMERS[key])
+    manifest[key] = {"config": net.config.to_dict(), **record}
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, folder / MANIFEST)

@@ -6,6 +6,10 @@ encodings, so any map size works (trained on crops, run on whole images).
 
 Uses: lost-index recovery (MaskGIT-style iterative filling: predict all holes, keep the most
 confident, repeat), and, with a group order, the context model of the entropy coder.
+
+With ``causal=True`` the same network is the paper's autoregressive model instead: raster order,
+each position sees only the positions before it (lost ones as a "lost" token), and predicts its
+own index from them (the input at step t is the token of step t-1 plus the position of step t).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class TransformerConfig:
     depth: int = 4
     heads: int = 8
     mlp: int = 4
+    causal: bool = False
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -34,12 +39,15 @@ class TransformerConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def sincos_2d(h: int, w: int, dim: int, device=None) -> torch.Tensor:
-    """(h*w, dim) fixed 2-D sinusoidal position encodings (half the channels per axis)."""
+def sincos_2d(h: int, w: int, dim: int, device=None, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(h*w, dim) fixed 2-D sinusoidal position encodings (half the channels per axis).
+
+    ``offset`` shifts the grid: training on small crops at random offsets shows the network the
+    absolute positions of whole images, so it learns not to rely on them."""
     quarter = dim // 4
     freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device) / quarter)
-    ys = torch.arange(h, device=device).float()[:, None] * freq[None]
-    xs = torch.arange(w, device=device).float()[:, None] * freq[None]
+    ys = (torch.arange(h, device=device).float() + offset[0])[:, None] * freq[None]
+    xs = (torch.arange(w, device=device).float() + offset[1])[:, None] * freq[None]
     pe_y = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(h, w, 2 * quarter)
     pe_x = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(h, w, 2 * quarter)
     pe = torch.cat([pe_y, pe_x], -1).reshape(h * w, 4 * quarter)
@@ -57,6 +65,9 @@ class IndexTransformer(nn.Module):
         total = sum(cfg.sizes)
         self.embed = nn.Embedding(total, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(len(cfg.sizes), cfg.dim))
+        if cfg.causal:  # start-of-map token, one per K
+            self.bos = nn.Parameter(torch.zeros(len(cfg.sizes), cfg.dim))
+            nn.init.normal_(self.bos, std=0.02)
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.dim * cfg.mlp, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)  # fmt: skip
         self.trunk = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
@@ -65,7 +76,9 @@ class IndexTransformer(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, indices: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(
+        self, indices: torch.Tensor, mask: torch.Tensor, k: int, offset: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
         """Logits (B, h, w, K) for every position; ``mask`` (B, h, w) True where the index is unknown."""
         if k not in self.offsets:
             raise ValueError(f"K={k} not among the transformer's sizes {self.config.sizes}")
@@ -74,8 +87,13 @@ class IndexTransformer(nn.Module):
         tok = self.embed(indices.clamp(0, k - 1) + o)
         slot = self.config.sizes.index(k)
         tok = torch.where(mask[..., None], self.mask_token[slot].expand_as(tok), tok)
-        x = tok.reshape(b, h * w, -1) + sincos_2d(h, w, self.config.dim, indices.device)[None]
-        x = self.norm(self.trunk(x))
+        tok = tok.reshape(b, h * w, -1)
+        attn_mask = None
+        if self.config.causal:  # shift right: step t sees tokens < t and predicts token t
+            tok = torch.cat([self.bos[slot].expand(b, 1, -1), tok[:, :-1]], 1)
+            attn_mask = nn.Transformer.generate_square_subsequent_mask(h * w, device=indices.device)
+        x = tok + sincos_2d(h, w, self.config.dim, indices.device, offset)[None]
+        x = self.norm(self.trunk(x, mask=attn_mask, is_causal=attn_mask is not None))
         logits = F.linear(x, self.head.weight[o : o + k], self.head.bias[o : o + k])
         return logits.reshape(b, h, w, k)
 
@@ -104,3 +122,12 @@ class IndexTransformer(nn.Module):
             flat_miss[chosen] = False
             idx, miss = flat_idx.view_as(idx), flat_miss.view_as(miss)
         return idx[0]
+
+    @torch.inference_mode()
+    def predict_raster(self, indices: torch.Tensor, missing: torch.Tensor, k: int) -> torch.Tensor:
+        """Causal models: fill ``missing`` (h, w) holes from the indices before each hole in raster
+        order, earlier holes marked lost, as trained (one pass for all holes). Deterministic."""
+        if not self.config.causal:
+            raise ValueError("predict_raster needs a causal transformer")
+        pred = self.forward(indices[None], missing[None], k)[0].argmax(-1)
+        return torch.where(missing, pred, indices)

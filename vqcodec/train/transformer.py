@@ -28,15 +28,25 @@ from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
 from vqcodec.train.data import list_images, load_rgb, split_holdout
 
 
-def index_maps(bundle, files: list[Path], max_side: int = 768) -> dict[int, list[np.ndarray]]:
-    """Index maps (h, w) of every photo at every K of the bundle (m = 1 models)."""
-    from vqcodec import codec
+@torch.inference_mode()
+def index_maps(bundle, files: list[Path], max_side: int = 768, flips: bool = True) -> dict[int, list[np.ndarray]]:
+    """Index maps (h, w) of every photo at every K of the bundle (m = 1 models).
+
+    One encoder pass per photo serves all K (only the nearest-code search differs). With ``flips``
+    the mirrored photo is encoded too: a real map of a real image, so the prior learns no left/right
+    bias, and twice the data for the cost of one more encoder pass.
+    """
+    from vqcodec.codec import _to_tensor
+    from vqcodec.imageio import pad_to_multiple
 
     maps: dict[int, list[np.ndarray]] = {k: [] for k in bundle.codebook_sizes}
+    books = {k: bundle.codebook(k) for k in bundle.codebook_sizes}
     for p in files:
         img = load_rgb(p, max_side)
-        for k in bundle.codebook_sizes:
-            maps[k].append(codec.analyze(img, bundle, k).indices[0].astype(np.int16))
+        for pix in [img, img[:, ::-1]] if flips else [img]:
+            z = bundle.model.encode_latent(_to_tensor(pad_to_multiple(np.ascontiguousarray(pix), bundle.stride)))
+            for k, book in books.items():
+                maps[k].append(bundle.model.quantize.quantize(z, book)[0, 0].numpy().astype(np.int16))
     return maps
 
 
@@ -61,17 +71,59 @@ def random_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     return m
 
 
-def batch(maps: dict[int, list[np.ndarray]], k: int, size: int, n: int, rng: random.Random):
+def causal_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
+    """Inputs marked lost for the autoregressive model: i.i.d. at a ratio up to 0.9, or the holes
+    of randomly lost interleaved packets (the paper's masking with a mask ratio)."""
+    if rng.random() < 0.5:
+        g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+        return torch.rand(h, w, generator=g) < rng.uniform(0.0, 0.9)
+    packets = rng.choice([4, 8, 16, 32])
+    lost = [p for p in range(packets) if rng.random() < rng.uniform(0.0, 0.9)]
+    return torch.from_numpy(np.isin(assignment(h, w, packets), lost))
+
+
+def batch(maps: list[np.ndarray], size: int, n: int, rng: random.Random, causal: bool = False):
+    """``n`` random ``size`` x ``size`` crops (maps smaller than that are skipped) and their masks."""
     xs, ms = [], []
-    for _ in range(n):
-        a = maps[k][rng.randrange(len(maps[k]))]
-        h, w = min(size, a.shape[0]), min(size, a.shape[1])
-        y, x = rng.randint(0, a.shape[0] - h), rng.randint(0, a.shape[1] - w)
-        crop = np.zeros((size, size), dtype=np.int64)
-        crop[:h, :w] = a[y : y + h, x : x + w]
-        xs.append(torch.from_numpy(crop))
-        ms.append(random_mask(size, size, rng))
+    fits = [a for a in maps if a.shape[0] >= size and a.shape[1] >= size]
+    if not fits:
+        raise ValueError(f"no index map is at least {size}x{size}: lower --crop")
+    while len(xs) < n:
+        a = fits[rng.randrange(len(fits))]
+        y, x = rng.randint(0, a.shape[0] - size), rng.randint(0, a.shape[1] - size)
+        xs.append(torch.from_numpy(a[y : y + size, x : x + size].astype(np.int64)))
+        ms.append(causal_mask(size, size, rng) if causal else random_mask(size, size, rng))
     return torch.stack(xs), torch.stack(ms)
+
+
+def _load_maps(bundle, files: list[Path], cache: Path) -> dict[int, list[np.ndarray]]:
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        maps: dict[int, list[np.ndarray]] = {}
+        for key in z.files:
+            k, _ = key.split("_")
+            maps.setdefault(int(k), []).append(z[key])
+        return maps
+    maps = index_maps(bundle, files)
+    np.savez_compressed(cache, **{f"{k}_{i}": a for k, v in maps.items() for i, a in enumerate(v)})
+    return maps
+
+
+@torch.inference_mode()
+def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1) -> dict[int, float]:
+    """Held-out cross-entropy (bits per predicted index) per K on fixed crops and masks."""
+    model.eval()
+    out = {}
+    for k, v in maps.items():
+        if not any(a.shape[0] >= size and a.shape[1] >= size for a in v):
+            continue
+        rng = random.Random(seed)
+        x, m = batch(v, size, 32, rng, model.config.causal)
+        logits = model(x, m, k)
+        sel = torch.ones_like(m) if model.config.causal else m
+        out[k] = float(F.cross_entropy(logits[sel], x[sel])) / math.log(2)
+    model.train()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,13 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/datasets/train")
     ap.add_argument("--images", type=int, default=0, help="limit the photos used (0: all)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--causal", action="store_true", help="the paper's autoregressive model (--recover ar)")
     ap.add_argument("--steps", type=int, default=10**9)
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--crop", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
@@ -98,26 +152,21 @@ def main(argv: list[str] | None = None) -> None:
 
     bundle = load_model(args.bundle)
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "maps.npz"
-    if cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        maps: dict[int, list[np.ndarray]] = {}
-        for key in z.files:
-            k, _ = key.split("_")
-            maps.setdefault(int(k), []).append(z[key])
-    else:
-        files, _ = split_holdout(list_images(args.data), 8)
-        files = files[: args.images or None]
-        maps = index_maps(bundle, files)
-        np.savez_compressed(cache, **{f"{k}_{i}": a for k, v in maps.items() for i, a in enumerate(v)})
-    cfg = TransformerConfig(sizes=tuple(bundle.codebook_sizes), dim=args.dim, depth=args.depth)
+    files, held_out = split_holdout(list_images(args.data), 8)
+    maps = _load_maps(bundle, files[: args.images or None], args.out / "maps.npz")
+    val_maps = _load_maps(bundle, held_out, args.out / "val_maps.npz")
+    cfg = TransformerConfig(sizes=tuple(bundle.codebook_sizes), dim=args.dim, depth=args.depth, heads=args.heads,
+                            causal=args.causal)  # fmt: skip
     model = IndexTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     step, rng = 0, random.Random(args.seed)
     ckpt = args.out / "last.ckpt"
     if args.resume:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        cfg = TransformerConfig.from_dict(state["config"])
+        model = IndexTransformer(cfg)
         model.load_state_dict(state["model"])
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
         opt.load_state_dict(state["opt"])
         step = state["step"]
         rng.setstate(state["rng"])
@@ -129,34 +178,41 @@ def main(argv: list[str] | None = None) -> None:
     losses: list[float] = []
     while step < args.steps and (time.time() - t0) / 60 < args.minutes:
         k = rng.choice(cfg.sizes)
-        x, m = batch(maps, k, args.crop, args.batch, rng)
-        logits = model(x, m, k)
-        loss = F.cross_entropy(logits[m], x[m])
+        x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal)
+        for g in opt.param_groups:  # warm-up, then constant
+            g["lr"] = args.lr * min(1.0, (step + 1) / 300)
+        logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
+        sel = torch.ones_like(m) if cfg.causal else m  # causal: every next index; masked: the holes
+        loss = F.cross_entropy(logits[sel], x[sel])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         losses.append(loss.item())
-        if step % 50 == 0:
-            log.writerow([step, round(float(np.mean(losses)), 4), round(time.time() - t0)])
+        if step % 100 == 0:
+            val = evaluate(model, val_maps, args.crop) if step % 500 == 0 else {}
+            log.writerow([step, round(float(np.mean(losses)), 4), round(time.time() - t0),
+                          *[round(val.get(kk, float("nan")), 4) for kk in cfg.sizes]])  # fmt: skip
             logf.flush()
-            print(f"step {step}: masked cross-entropy {np.mean(losses):.4f} nats", flush=True)
+            extra = " held-out bits/index " + " ".join(f"K{kk}={v:.3f}" for kk, v in val.items()) if val else ""
+            print(f"step {step}: train cross-entropy {np.mean(losses):.4f} nats{extra}", flush=True)
             losses = []
         if time.time() - last_save > 300:
             _save(ckpt, model, opt, step, rng, cfg)
             last_save = time.time()
     _save(ckpt, model, opt, step, rng, cfg)
     logf.close()
+    val = evaluate(model, val_maps, args.crop)
+    print("held-out bits/index " + " ".join(f"K{k}={v:.3f}" for k, v in val.items()), flush=True)
     if args.export:
         from vqcodec.zoo import save_recovery
 
-        rec = list(csv.reader(open(args.out / "log.csv")))
-        last = float(rec[-1][1]) if rec else float("nan")
         save_recovery(bundle.path, model.eval(), {"steps": step, "crop": args.crop, "batch": args.batch,
-                                                  "masked_cross_entropy_nats": last,
-                                                  "data": "index maps of training photos (never Kodak)"})  # fmt: skip
-        print(f"recovery transformer stored in {bundle.path}")
+                                                  "held_out_bits_per_index": {str(k): round(v, 4) for k, v in val.items()},
+                                                  "data": "index maps of training photos and their mirror images (never Kodak)"},
+                      kind="ar" if cfg.causal else "masked")  # fmt: skip
+        print(f"{'ar' if cfg.causal else 'masked'} transformer stored in {bundle.path}")
 
 
 def _save(path: Path, model, opt, step, rng, cfg) -> None:
