@@ -78,12 +78,10 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     import shutil
 
     import pytest
-
-    from vqcodec.errors import VqcUsageError
-
     from PIL import Image
 
     from vqcodec import codec, corrupt, zoo
+    from vqcodec.errors import VqcUsageError
 
     from .conftest import make_image
 
