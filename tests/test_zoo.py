@@ -35,6 +35,49 @@ def test_missing_or_broken_manifest(tiny_bundle_dir, tmp_path):
         zoo.load_model(copy)
 
 
+def test_hostile_manifests_are_refused_before_allocation(tiny_bundle_dir, tmp_path):
+    import tracemalloc
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle_dir, copy)
+    m = json.loads((copy / zoo.MANIFEST).read_text())
+    m["config"]["channels"] = [200000, 200000, 200000]  # ~10^12 parameters if built
+    (copy / zoo.MANIFEST).write_text(json.dumps(m))
+    tracemalloc.start()
+    with pytest.raises(VqcModelError, match="parameters"):
+        zoo.load_model(copy)
+    assert tracemalloc.get_traced_memory()[1] < 50 << 20
+    tracemalloc.stop()
+    m["config"]["channels"] = "nonsense"
+    (copy / zoo.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(VqcModelError, match="config"):
+        zoo.load_model(copy)
+    (copy / zoo.MANIFEST).write_text(" " * (zoo.MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(VqcModelError, match="MiB"):
+        zoo.load_model(copy)
+
+
+def test_damaged_or_hostile_transformer_is_a_model_error(tiny_bundle_dir, tmp_path):
+    import torch
+
+    from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle_dir, copy)
+    torch.manual_seed(0)
+    zoo.save_recovery(copy, IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=1, heads=4)), {})
+    m = json.loads((copy / zoo.MANIFEST).read_text())
+    m["recovery"]["config"]["dim"] = 48  # weights no longer match the config
+    (copy / zoo.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(VqcModelError, match="cannot load"):
+        _ = zoo.load_model(copy).recovery_model
+    m["recovery"]["config"]["dim"] = 1 << 16
+    m["recovery"]["config"]["depth"] = 64
+    (copy / zoo.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(VqcModelError, match="parameters"):
+        _ = zoo.load_model(copy).recovery_model
+
+
 def test_manifest_records_config_and_hashes(tiny):
     m = tiny.manifest
     assert set(m["files"]) == {zoo.WEIGHTS, zoo.CODEBOOKS}

@@ -66,9 +66,18 @@ class Bundle:
         if key not in self._transformers and key in self.manifest:
             from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
 
-            net = IndexTransformer(TransformerConfig.from_dict(self.manifest[key]["config"]))
-            sd = load_file(_verified(self.path, self.manifest, TRANSFORMERS[key]))
-            net.load_state_dict({k: v.float() for k, v in sd.items()})
+            try:
+                cfg = TransformerConfig.from_dict(self.manifest[key]["config"])
+                net = _checked_build(self.path, IndexTransformer, cfg)
+                sd = load_file(_verified(self.path, self.manifest, TRANSFORMERS[key]))
+                net.load_state_dict({k: v.float() for k, v in sd.items()})
+            except VqcModelError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise VqcModelError(
+                    f"{self.path}: cannot load {TRANSFORMERS[key]} ({type(e).__name__}: {first})"
+                ) from None
             self._transformers[key] = net.eval().requires_grad_(False)
         return self._transformers.get(key)
 
@@ -117,8 +126,34 @@ class Bundle:
         return self.tables[k]
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_WEIGHT_BYTES = 512 << 20
+MAX_PARAMETERS = 100_000_000
+"""Bounds on what a bundle may make us read or allocate, checked before reading or building:
+a hostile or damaged manifest cannot declare a network that eats all memory."""
+
+
+def _check_bytes(path: Path, limit: int) -> None:
+    size = path.stat().st_size
+    if size > limit:
+        raise VqcModelError(f"{path}: {size} bytes, more than the {limit >> 20} MiB a bundle file may have")
+
+
+def _checked_build(path: Path, build, config) -> torch.nn.Module:
+    """Build a network only after counting its parameters on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build(config).parameters())
+    except Exception as e:  # noqa: BLE001 - any nonsense in a config is the bundle's fault
+        raise VqcModelError(f"{path}: invalid network config ({type(e).__name__}: {e})") from None
+    if n > MAX_PARAMETERS:
+        raise VqcModelError(f"{path}: config declares {n} parameters, more than the limit of {MAX_PARAMETERS}")
+    return build(config)
+
+
 def _read_manifest(folder: Path) -> dict:
     try:
+        _check_bytes(folder / MANIFEST, MAX_MANIFEST_BYTES)
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
         raise VqcModelError(f"{folder}: no {MANIFEST}, not a model bundle") from None
@@ -139,6 +174,7 @@ def _verified(folder: Path, manifest: dict, fname: str) -> Path:
         raise VqcModelError(f"{folder}: {fname} is not listed in the manifest")
     if not path.is_file():
         raise VqcModelError(f"{folder}: {fname} is missing")
+    _check_bytes(path, MAX_WEIGHT_BYTES)
     if sha256_file(path) != want:
         raise VqcModelError(f"{folder}: sha256 mismatch for {fname} (damaged or replaced file)")
     return path
@@ -199,7 +235,7 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     manifest = _read_manifest(path)
     try:
         cfg = AutoencoderConfig.from_dict(manifest["config"])
-        model = build_autoencoder(cfg)
+        model = _checked_build(path, build_autoencoder, cfg)
         sd = load_file(_verified(path, manifest, WEIGHTS))
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
         missing = [k for k in missing if not k.endswith("usage")]  # training statistics, not shipped

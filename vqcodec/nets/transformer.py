@@ -14,6 +14,7 @@ own index from them (the input at step t is the token of step t-1 plus the posit
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -60,8 +61,7 @@ class IndexTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig = TransformerConfig()) -> None:
         super().__init__()
         self.config = cfg
-        self.offsets = {k: o for k, o in zip(cfg.sizes, [0, *torch.tensor(cfg.sizes).cumsum(0).tolist()[:-1]],
-                                             strict=True)}  # fmt: skip
+        self.offsets = dict(zip(cfg.sizes, itertools.accumulate(cfg.sizes, initial=0), strict=False))
         total = sum(cfg.sizes)
         self.embed = nn.Embedding(total, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(len(cfg.sizes), cfg.dim))
