@@ -148,3 +148,58 @@ def test_models_show_and_verify(models_env, tmp_path, capsys):
         f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
     code, _, err = run(capsys, "models", "verify", copy)
     assert code == 1 and "sha256 mismatch" in err
+
+
+def test_input_faults_are_one_line_errors(models_env, photo, tmp_path, capsys, monkeypatch):
+    """Zero-byte and directory inputs, unreadable files, unknown/wrong/damaged models: one line,
+    exit 1, no output file, no traceback."""
+    import io
+    import shutil
+
+    from vqcodec import zoo
+
+    from .conftest import build_tiny_bundle
+
+    out = tmp_path / "out.bin"
+
+    def check(needle, *args, code_wanted=1):
+        code, _, err = run(capsys, *args, "-o", out)
+        assert code == code_wanted, err
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not out.exists()
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    check("empty", "encode", tmp_path / "empty.png", "--model", models_env)
+    (tmp_path / "empty.vqc").write_bytes(b"")
+    check("empty file", "decode", tmp_path / "empty.vqc")
+    (tmp_path / "adir.png").mkdir()
+    check("no input files", "encode", tmp_path / "adir.png", "--model", models_env, code_wanted=2)  # a batch of 0
+    # no permission (simulated: the tests may run as root, which ignores file modes)
+    vqc = tmp_path / "p.vqc"
+    assert run(capsys, "encode", photo, "-o", vqc, "-k", 16, "--model", models_env)[0] == 0
+    real_open = io.open
+
+    def denied(file, *a, **k):
+        if str(file) in (str(vqc), str(photo)):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "open", denied)
+        m.setattr("builtins.open", denied)
+        check("ermission denied", "decode", vqc)
+        check("ermission denied", "encode", photo, "--model", models_env)
+    # a file whose model is not installed
+    other = build_tiny_bundle(tmp_path / "other", seed=1, name="other")
+    foreign = tmp_path / "foreign.vqc"
+    assert run(capsys, "encode", photo, "-o", foreign, "-k", 16, "--model", other)[0] == 0
+    check("no installed bundle", "decode", foreign)
+    # the wrong model named for a file
+    check("made with model id", "decode", vqc, "--model", other)
+    # an installed bundle whose weights were altered
+    damaged = tmp_path / "damaged"
+    shutil.copytree(models_env, damaged)
+    blob = bytearray((damaged / zoo.WEIGHTS).read_bytes())
+    blob[-3] ^= 0x10
+    (damaged / zoo.WEIGHTS).write_bytes(bytes(blob))
+    check("sha256 mismatch", "decode", vqc, "--model", damaged)

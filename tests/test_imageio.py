@@ -77,3 +77,57 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
     imageio.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "y.jpg")
     assert Image.open(tmp_path / "y.jpg").format == "JPEG"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["x.bin", "y.jpg"]
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    (tmp_path / "old.png").write_bytes(b"previous")
+    real_write = imageio.os.write
+    calls = {"n": 0}
+
+    def full(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(imageio.os, "write", full)
+    with pytest.raises(VqcImageError, match="No space left") as e:
+        imageio.save_image(np.zeros((600, 600, 3), np.uint8), tmp_path / "old.png")
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "old.png").read_bytes() == b"previous"  # the old file is untouched
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["old.png"]
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_signal_mid_write_leaves_no_file_and_no_litter(tmp_path, sig):
+    """A writer killed half-way (SIGKILL: no cleanup code runs at all) leaves the folder as it was."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(f"""
+        import os, sys, time
+        from vqcodec import imageio
+        real = os.write
+        def slow(fd, data):
+            n = real(fd, data)
+            print("mid", flush=True)
+            time.sleep(60)
+            return n
+        imageio.os.write = slow
+        imageio._CHUNK = 1024
+        imageio.atomic_write_bytes({str(tmp_path / "out.vqc")!r}, b"x" * 10000)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"mid"
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not (tmp_path / "out.vqc").exists()  # never a partial output
+    if sig == "SIGINT" or imageio._TMPFILE_WORKS:
+        assert list(tmp_path.iterdir()) == []  # cleaned up by the writer, or never named
+    imageio.atomic_write_bytes(tmp_path / "next.vqc", b"ok")  # the next write sweeps a killed writer's part
+    assert [f.name for f in tmp_path.iterdir()] == ["next.vqc"]

@@ -121,8 +121,12 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VqcFormatError("expected bytes")
     data = bytes(data)
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+    if not data:
+        raise VqcFormatError("empty file (0 bytes), not a .vqc file")
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
         raise VqcFormatError("not a .vqc file (bad magic bytes)")
+    if len(data) <= len(MAGIC):
+        raise VqcFormatError(f"truncated file: {len(data)} bytes, not even a header")
     header = read_header(data)
     if len(data) < CRC_BYTES:
         raise VqcFormatError("truncated file: no checksum")

@@ -7,8 +7,10 @@ CLI can tell the user. The pixel count is checked *before* the pixels are decode
 
 from __future__ import annotations
 
+import errno
+import io
 import os
-import tempfile
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,39 +87,115 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it: never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+_CHUNK = 1 << 20
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:_CHUNK]) :]
+
+
+_TMPFILE_WORKS: bool | None = None  # learnt on first use: some kernels/sandboxes refuse the link
+_PART = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part$")
+
+
+def _sweep_stale_parts(folder: Path) -> None:
+    """Remove hidden temp files of our own writers that were killed (their pid is gone)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for f in entries:
+        m = _PART.match(f.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _write_unnamed(folder: Path, tmp: Path, data: bytes) -> bool:
+    """Write into an O_TMPFILE and link it as ``tmp``; False where the system cannot."""
+    global _TMPFILE_WORKS
+    if _TMPFILE_WORKS is False or not hasattr(os, "O_TMPFILE"):
+        return False
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+    except OSError:
+        _TMPFILE_WORKS = False
+        return False
+    try:
+        _write_all(fd, data)
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            _TMPFILE_WORKS = False
+            return False
+    finally:
+        os.close(fd)
+    _TMPFILE_WORKS = True
+    return True
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once or not at all, whatever happens meanwhile.
+
+    Where Linux allows it, the bytes go to an unnamed ``O_TMPFILE`` in the target directory that
+    is linked under a hidden name and renamed over ``path`` only once complete, so even a SIGKILL
+    mid-write leaves nothing behind. Elsewhere (other systems, sandboxes that refuse the link) a
+    hidden ``.NAME.PID.RANDOM.part`` file is used: removed on any error or signal Python sees,
+    and, if a SIGKILL left one, swept by the next write into that folder. ``path`` itself only
+    ever appears complete. A full disk or unwritable directory is a one-line ``VqcImageError``;
+    an existing ``path`` is replaced, only once the new one is complete.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VqcImageError(f"{path}: directory {folder} does not exist")
+    _sweep_stale_parts(folder)
+    tmp = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part"
+    try:
+        if not _write_unnamed(folder, tmp, data):
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VqcImageError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
+    """(H, W, 3) uint8 -> the bytes of an image file in ``fmt`` (a Pillow format name)."""
+    buf = io.BytesIO()
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    try:
+        Image.fromarray(pixels, "RGB").save(buf, format=fmt, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise VqcImageError(f"cannot encode {fmt} ({e})") from None
+    return buf.getvalue()
 
 
 def save_image(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """Save (H, W, 3) uint8 atomically; the format follows the suffix (PNG when unknown)."""
     path = Path(path)
-    ext = path.suffix.lower()
-    fmt = Image.registered_extensions().get(ext, "PNG")
-    img = Image.fromarray(pixels, "RGB")
-    if not path.parent.exists():
-        raise VqcImageError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     try:
-        kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except (OSError, ValueError, KeyError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise VqcImageError(f"{path}: cannot write {fmt} ({e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        data = encode_image(pixels, fmt)
+    except VqcImageError as e:
+        raise VqcImageError(f"{path}: {e}") from None
+    atomic_write_bytes(path, data)
 
 
 def pad_to_multiple(pixels: np.ndarray, stride: int) -> np.ndarray:
