@@ -8,12 +8,18 @@ a markdown table.
 
     python benchmarks/packet_loss.py                                  # K 16/64/256, 5 rates, 3 seeds
     python benchmarks/packet_loss.py --ks 64 --losses 0 0.3 --seeds 1 --limit 4
+
+Every measurement is appended to ``cache.jsonl`` in ``--out`` as it is made, keyed by image, K,
+loss, seed and method: an interrupted run resumes, and runs over disjoint ``--ks`` can go in
+parallel and be summarised by one final run with all of them. Loss 0 is decoded once (every
+method gives the same picture) and reported for each method.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,27 +50,52 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "packet_loss")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
-    methods = args.methods or (["none", "neighbour"] + (["masked"] if bundle.recovery_model is not None else []))
+    methods = args.methods or (["none", "neighbour"] + (["ar"] if "recovery_ar" in bundle.manifest else [])
+                                + (["masked"] if "recovery" in bundle.manifest else []))  # fmt: skip
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     args.out.mkdir(parents=True, exist_ok=True)
+    cache_path = args.out / "cache.jsonl"
+    tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"
+    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}"
+    cache: dict[str, dict] = {}
+    if cache_path.exists():
+        for line in cache_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted run
+            cache[r["key"]] = r
     rows = []
     t0 = time.time()
-    for p in images:
-        img = load_image(p).pixels
-        for k in args.ks:
-            data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
-            for loss in args.losses:
-                for seed in range(args.seeds if loss > 0 else 1):
-                    lossy, rep = corrupt.corrupt(data, loss=loss, seed=seed)
-                    for method in methods:
-                        t = time.perf_counter()
-                        out, report = codec.decode_with_report(lossy, bundle, method=method)
-                        dt = time.perf_counter() - t
-                        row = {"image": p.name, "K": k, "loss": loss, "seed": seed, "method": method,
-                               "lost_packets": len(report.lost_packets), "bytes": len(data), "decode_s": dt}  # fmt: skip
-                        row.update(metrics.score(img, out))
-                        rows.append(row)
-        print(f"{p.name} done ({time.time() - t0:.0f}s)", flush=True)
+    with open(cache_path, "a") as cf:
+        for p in images:
+            img = None
+            for k in args.ks:
+                data = None
+                for loss in args.losses:
+                    for seed in range(args.seeds if loss > 0 else 1):
+                        for method in methods:
+                            key = f"{tag}|{p.name}|{k}|{loss}|{seed}|{method}"
+                            if key not in cache:
+                                if img is None:
+                                    img = load_image(p).pixels
+                                if data is None:
+                                    data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
+                                if loss == 0 and method != methods[0]:  # nothing lost: same picture
+                                    cache[key] = {**cache[f"{tag}|{p.name}|{k}|{loss}|{seed}|{methods[0]}"], "key": key,
+                                                  "method": method}  # fmt: skip
+                                else:
+                                    lossy, rep = corrupt.corrupt(data, loss=loss, seed=seed)
+                                    t = time.perf_counter()
+                                    out, report = codec.decode_with_report(lossy, bundle, method=method)
+                                    dt = time.perf_counter() - t
+                                    cache[key] = {"key": key, "image": p.name, "K": k, "loss": loss, "seed": seed,
+                                                  "method": method, "lost_packets": len(report.lost_packets),
+                                                  "bytes": len(data), "decode_s": dt, **metrics.score(img, out)}  # fmt: skip
+                                cf.write(json.dumps(cache[key]) + "\n")
+                                cf.flush()
+                            rows.append({k2: v for k2, v in cache[key].items() if k2 != "key"})
+            print(f"{p.name} done ({time.time() - t0:.0f}s)", flush=True)
     with open(args.out / "packet_loss.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from vqcodec.nets.transformer import IndexTransformer, TransformerConfig, sincos_2d
@@ -19,8 +20,10 @@ def test_shapes_per_k_and_any_map_size():
     assert sincos_2d(4, 6, 32).shape == (24, 32)
 
 
-def test_masked_values_do_not_leak():
-    net = small()
+@pytest.mark.parametrize("local", [0, 2])
+def test_masked_values_do_not_leak(local):
+    torch.manual_seed(0)
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=1, heads=4, local=local)).eval()
     x = torch.randint(0, 8, (1, 4, 4))
     m = torch.zeros(1, 4, 4, dtype=torch.bool)
     m[0, 1, 2] = True
@@ -31,7 +34,7 @@ def test_masked_values_do_not_leak():
 
 def test_causal_model_sees_only_the_past():
     torch.manual_seed(0)
-    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=2, heads=4, causal=True)).eval()
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=2, heads=4, causal=True, local=1)).eval()
     x = torch.randint(0, 8, (1, 4, 5))
     m = torch.zeros(1, 4, 5, dtype=torch.bool)
     t = 2 * 5 + 3  # raster position (2, 3)

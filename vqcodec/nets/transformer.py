@@ -31,6 +31,7 @@ class TransformerConfig:
     heads: int = 8
     mlp: int = 4
     causal: bool = False
+    local: int = 0  # 3x3 convolution blocks on the token grid before the attention trunk
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -55,6 +56,31 @@ def sincos_2d(h: int, w: int, dim: int, device=None, offset: tuple[int, int] = (
     return F.pad(pe, (0, dim - 4 * quarter))
 
 
+class LocalMix(nn.Module):
+    """A 3x3 convolution block on the (B, dim, h, w) token grid: neighbour features from the first
+    step, which attention alone learns slowly on a few CPU hours of training.
+
+    ``causal``: the kernel sees only the positions strictly before the centre in raster order
+    (row above, left neighbour) and the block has no residual, so feature t never holds token t.
+    """
+
+    def __init__(self, dim: int, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        if causal:
+            keep = torch.zeros(1, 1, 3, 3)
+            keep[..., 0, :] = 1
+            keep[..., 1, 0] = 1
+            self.register_buffer("keep", keep, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight * self.keep if self.causal else self.conv.weight
+        y = self.proj(F.gelu(F.conv2d(x, w, self.conv.bias, padding=1)))
+        return y if self.causal else x + y
+
+
 class IndexTransformer(nn.Module):
     """Masked-token transformer over (B, h, w) index maps of one codebook size K."""
 
@@ -68,6 +94,8 @@ class IndexTransformer(nn.Module):
         if cfg.causal:  # start-of-map token, one per K
             self.bos = nn.Parameter(torch.zeros(len(cfg.sizes), cfg.dim))
             nn.init.normal_(self.bos, std=0.02)
+        n_local = min(cfg.local, 1) if cfg.causal else cfg.local
+        self.local = nn.ModuleList(LocalMix(cfg.dim, cfg.causal) for _ in range(n_local))
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.dim * cfg.mlp, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)  # fmt: skip
         self.trunk = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
@@ -87,11 +115,19 @@ class IndexTransformer(nn.Module):
         tok = self.embed(indices.clamp(0, k - 1) + o)
         slot = self.config.sizes.index(k)
         tok = torch.where(mask[..., None], self.mask_token[slot].expand_as(tok), tok)
+        grid = tok.permute(0, 3, 1, 2)
+        for block in self.local:
+            grid = block(grid)
+        local = grid.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         tok = tok.reshape(b, h * w, -1)
         attn_mask = None
         if self.config.causal:  # shift right: step t sees tokens < t and predicts token t
             tok = torch.cat([self.bos[slot].expand(b, 1, -1), tok[:, :-1]], 1)
             attn_mask = nn.Transformer.generate_square_subsequent_mask(h * w, device=indices.device)
+            if self.local:
+                tok = tok + local  # features of the tokens before t only (masked kernel)
+        elif self.local:
+            tok = local
         x = tok + sincos_2d(h, w, self.config.dim, indices.device, offset)[None]
         x = self.norm(self.trunk(x, mask=attn_mask, is_causal=attn_mask is not None))
         logits = F.linear(x, self.head.weight[o : o + k], self.head.bias[o : o + k])

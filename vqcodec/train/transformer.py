@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     maps = _load_maps(bundle, files[: args.images or None], args.out / "maps.npz")
     val_maps = _load_maps(bundle, held_out, args.out / "val_maps.npz")
     cfg = TransformerConfig(sizes=tuple(bundle.codebook_sizes), dim=args.dim, depth=args.depth, heads=args.heads,
-                            causal=args.causal)  # fmt: skip
+                            causal=args.causal, local=args.local)  # fmt: skip
     model = IndexTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     step, rng = 0, random.Random(args.seed)
