@@ -165,3 +165,17 @@ def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_pat
         codec.unpack(a, zoo.load_model(bundle_dir))
     with pytest.raises(VqcUsageError, match="packets"):
         codec.pack(enc, b, CodingMode.CONTEXT, packets=4)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_context_lattice_orders_round_trip(levels):
+    from vqcodec import context
+
+    g = context.groups(11, 13, levels)
+    assert g.min() == 0 and g.max() == 3 * levels and (g >= 0).all()
+    assert (g == 0).sum() == len(range(0, 11, 2**levels)) * len(range(0, 13, 2**levels))
+    torch.manual_seed(0)
+    net = IndexTransformer(TransformerConfig(sizes=(8, 16), dim=32, depth=1, heads=4, local=1)).eval()
+    idx = np.random.default_rng(levels).integers(0, 16, (1, 11, 13))
+    payload = context.encode_context(idx, net, 16, tag=7, levels=levels)
+    assert np.array_equal(context.decode_context(payload, net, 16, 1, 11, 13, tag=7, levels=levels), idx)

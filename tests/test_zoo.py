@@ -100,3 +100,18 @@ def test_shipped_default_bundle_round_trip():
     for k in (8, 1024):
         out = vqcodec.decode_array(vqcodec.encode(img, k))
         assert out.shape == img.shape
+
+
+def test_no_code_path_unpickles_arbitrary_objects():
+    """Bundles are safetensors; every torch.load is weights_only=True; numpy never allows pickles."""
+    import re
+
+    for path in (REPO / "vqcodec").rglob("*.py"):
+        text = path.read_text()
+        assert "weights_only=False" not in text, path
+        assert "allow_pickle=True" not in text, path
+        assert not re.search(r"pickle\.loads?\(", text), path
+        for call in re.finditer(r"torch\.load\(", text):
+            assert "weights_only=True" in text[call.end() : call.end() + 200], (
+                f"{path}: torch.load without weights_only"
+            )

@@ -129,7 +129,7 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
     if mode == CodingMode.CONTEXT:
         from vqcodec import context
 
-        return context.encode_context(indices, _context_net(bundle, k), k, bundle.context_tag)
+        return context.encode_context(indices, _context_net(bundle, k), k, bundle.context_tag, bundle.context_levels)
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
@@ -145,7 +145,9 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
             net = _context_net(bundle, k)
         except VqcUsageError as e:
             raise VqcFormatError(f"context-coded file: {e}") from None
-        return context.decode_context(payload, net, k, *shape, tag=bundle.context_tag).ravel()
+        return context.decode_context(
+            payload, net, k, *shape, tag=bundle.context_tag, levels=bundle.context_levels
+        ).ravel()
     raise VqcFormatError(f"coding mode {mode.name} is not supported here")
 
 

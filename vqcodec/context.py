@@ -1,8 +1,10 @@
 """Context-model entropy coding of index maps with the bundle's index-map transformer.
 
-The map is coded in four groups of a 2x2 lattice (g = 2 (r mod 2) + (c mod 2), order 0, 3, 1, 2):
-group 0 with nothing visible, each later group with all earlier groups visible. Four transformer
-passes per image, whatever its size, so decoding stays parallel and fast.
+The map is coded in lattice groups, coarse to fine, each group with all earlier groups visible:
+with ``levels=1`` the four cosets of the 2x2 lattice ((0,0), then (1,1), (0,1), (1,0)); with
+``levels=2`` the (0,0) coset is itself coded as four cosets of the 4x4 lattice first, so only
+1/16 of the indices (not 1/4) is coded with no context: seven groups. One transformer pass per
+group, whatever the image size, so decoding stays parallel and fast.
 
 Bit-exactness: both sides quantize the softmax to integer frequencies in fixed point
 (``round(p * 2^PRECISION)``, floored at 1, computed in float64 from float32 logits), and the
@@ -27,7 +29,6 @@ import torch
 from vqcodec.errors import VqcFormatError
 
 PRECISION = 16
-ORDER = (0, 3, 1, 2)
 _Categorical = constriction.stream.model.Categorical
 
 
@@ -41,9 +42,24 @@ def deterministic_threads(n: int = 1):
         torch.set_num_threads(old)
 
 
-def groups(h: int, w: int) -> np.ndarray:
+def lattice_order(levels: int) -> list[tuple[int, int, int]]:
+    """(stride, row offset, column offset) of each group, in coding order."""
+    order = []
+    for lv in range(levels, 0, -1):
+        s, half = 2**lv, 2 ** (lv - 1)
+        if lv == levels:
+            order.append((s, 0, 0))
+        order += [(s, half, half), (s, 0, half), (s, half, 0)]
+    return order
+
+
+def groups(h: int, w: int, levels: int = 1) -> np.ndarray:
+    """(h, w) group number of every position, 0 = coded first."""
     r, c = np.mgrid[0:h, 0:w]
-    return 2 * (r % 2) + (c % 2)
+    g = np.full((h, w), -1, dtype=np.int64)
+    for i, (s, dr, dc) in enumerate(lattice_order(levels)):
+        g[(g < 0) & (r % s == dr) & (c % s == dc)] = i
+    return g
 
 
 def _frequencies(logits: torch.Tensor) -> np.ndarray:
@@ -60,9 +76,9 @@ def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray,
     return freq / freq.sum(axis=1, keepdims=True)
 
 
-def _groups_in_order(h: int, w: int):
-    g = groups(h, w)
-    for grp in ORDER:
+def _groups_in_order(h: int, w: int, levels: int):
+    g = groups(h, w, levels)
+    for grp in range(3 * levels + 1):
         sel = g == grp
         if sel.any():
             yield sel
@@ -72,14 +88,14 @@ def map_checksum(indices: np.ndarray) -> int:
     return binascii.crc_hqx(np.ascontiguousarray(indices, dtype="<u2").tobytes(), 0xFFFF)
 
 
-def encode_context(indices: np.ndarray, net, k: int, tag: int = 0) -> bytes:
+def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int = 1) -> bytes:
     """(m, h, w) indices -> model tag (u16) + CRC-16 of the map (u16) + range-coded words (LE u32)."""
     m, h, w = indices.shape
     enc = constriction.stream.queue.RangeEncoder()
     for j in range(m):
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
-        for sel in _groups_in_order(h, w):
+        for sel in _groups_in_order(h, w, levels):
             probs = _group_probs(net, plane, visible, sel, k)
             enc.encode(indices[j][sel].astype(np.int32), _Categorical(perfect=False), probs)
             visible |= torch.from_numpy(sel)
@@ -87,7 +103,7 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0) -> bytes:
     return struct.pack("<HH", tag, map_checksum(indices)) + words
 
 
-def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int = 0) -> np.ndarray:
+def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int = 0, levels: int = 1) -> np.ndarray:
     if len(payload) < 4 or (len(payload) - 4) % 4:
         raise VqcFormatError("context-coded payload has a bad length")
     file_tag, crc = struct.unpack("<HH", payload[:4])
@@ -101,7 +117,7 @@ def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int
         for j in range(m):
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for sel in _groups_in_order(h, w):
+            for sel in _groups_in_order(h, w, levels):
                 probs = _group_probs(net, plane, visible, sel, k)
                 vals = np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
                 out[j][sel] = vals

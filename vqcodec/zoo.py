@@ -92,6 +92,12 @@ class Bundle:
         return self._transformer("recovery_ar")
 
     @property
+    def context_levels(self) -> int:
+        """Lattice levels of the context coder's group order (``context.groups``), set when the
+        context model is shipped: 1 = four groups, 2 = seven."""
+        return int(self.manifest.get("recovery", {}).get("context_levels", 1))
+
+    @property
     def context_tag(self) -> int:
         """16 bits of the context model's sha256, written into context-coded payloads so that a
         file coded with another version of the transformer is refused up front."""

@@ -152,7 +152,7 @@ class Trainer:
         if self.args.resume:
             if not ckpt.is_file():
                 raise SystemExit(f"--resume: {ckpt} does not exist")
-            state = torch.load(ckpt, map_location=self.device, weights_only=False)
+            state = torch.load(ckpt, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["disc"])
             self.opt.load_state_dict(state["opt"])

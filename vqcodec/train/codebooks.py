@@ -80,7 +80,7 @@ def build_books(
 
 
 def load_checkpoint(path: Path) -> tuple[VQAutoencoder, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model = build_autoencoder(AutoencoderConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -55,10 +55,10 @@ def random_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     (40 %), or the context coder's lattice groups: groups from a random point of its order on (20 %)."""
     u = rng.random()
     if u < 0.2:
-        from vqcodec.context import ORDER, groups
+        from vqcodec.context import groups
 
-        start = rng.randrange(len(ORDER))
-        m = torch.from_numpy(np.isin(groups(h, w), ORDER[start:]))
+        start = rng.randrange(7)  # the 2-level order; its last four states are the 1-level ones
+        m = torch.from_numpy(groups(h, w, 2) >= start)
     elif u < 0.6:
         ratio = math.cos(math.pi / 2 * rng.random())
         m = torch.rand(h, w, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) < ratio
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     step, rng = 0, random.Random(args.seed)
     ckpt = args.out / "last.ckpt"
     if args.resume:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         cfg = TransformerConfig.from_dict(state["config"])
         model = IndexTransformer(cfg)
         model.load_state_dict(state["model"])
