@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=KODAK)
     ap.add_argument("--ks", type=int, nargs="*", default=None)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--levels", type=int, default=0, help="context lattice levels to try (0: the bundle's own)")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
+    if args.levels and "recovery" in bundle.manifest:
+        bundle.manifest["recovery"]["context_levels"] = args.levels  # in memory only: what-if
+    if "recovery" in bundle.manifest:
+        print(f"context model: {bundle.context_levels}-level lattice order")
     modes = [CodingMode.STATIC] + ([CodingMode.CONTEXT] if bundle.recovery_model is not None else [])
     images = [load_image(p).pixels for p in sorted(args.data.glob("*.png"))[: args.limit or None]]
     print("| K | uniform bits/index | " + " | ".join(f"{m.name.lower()} bits/index | {m.name.lower()} bpp | "
