@@ -114,3 +114,21 @@ def test_finetune_book_fits_codes_to_the_data(photos):
     new, log = finetune_book(model, book, CropStream(imgs, 32), steps=60, batch=4, lr=0.05)
     assert log["probe_loss_after"] < 0.7 * log["probe_loss_before"]
     assert not torch.equal(new, book)
+
+
+def test_ddp_two_cpu_processes_gloo(photos, tmp_path):
+    """torchrun, two CPU processes, gloo: same start, averaged gradients, replicas still equal."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = ["--data", str(photos), "--out", str(out), "--pixel-crop", "32", "--pixel-batch", "2", "--n-val", "2",
+            "--workers", "0", "--val-minutes", "1000", "--threads", "1", "--steps", "3", "--pixel-steps", "100"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vqcodec.train.autoencoder", *args], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DDP: 2 replicas, weights in sync: True" in proc.stdout
+    assert torch.load(out / "last.ckpt", weights_only=True)["step"] == 3

@@ -176,6 +176,25 @@ class Trainer:
             self.elapsed = float(record.get("seconds", 0.0))
             self.log(f"initialised from bundle {self.args.init_from} (step {self.step})")
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.ddp:  # every replica starts from rank 0's weights (fresh, resumed or bundle)
+            for net in (self.model, self.disc):
+                for t in list(net.parameters()) + list(net.buffers()):
+                    dist.broadcast(t.data, 0)
+
+    def _agree(self, local: bool) -> bool:
+        """DDP: stop when any replica wants to (time limit, signal), so all stop at the same step."""
+        if not self.ddp:
+            return local
+        flag = torch.tensor([float(local)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _replicas_in_sync(self) -> bool:
+        total = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        lo, hi = total.clone(), total.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        return bool(torch.isclose(lo, hi, rtol=1e-9, atol=1e-9).item())
 
     def save(self) -> None:
         if not self.main:
@@ -332,7 +351,7 @@ class Trainer:
             stop["now"] = True
 
         old = {sig: signal.signal(sig, _graceful) for sig in (signal.SIGINT, signal.SIGTERM)}
-        while self.step < args.steps and (time.time() - t_start) / 60 < args.minutes and not stop["now"]:
+        while not self._agree(self.step >= args.steps or (time.time() - t_start) / 60 >= args.minutes or stop["now"]):
             p = phase_at(self.phases, self.step)
             if p.name != phase.name:
                 self.log(f"phase {phase.name} -> {p.name}")
@@ -369,6 +388,8 @@ class Trainer:
             writer.writerow(row)
             logf.close()
         self.log(f"finished: {row}")
+        if self.ddp:
+            self.log(f"DDP: {self.world} replicas, weights in sync: {self._replicas_in_sync()}")
         self.save()
         for sig, handler in old.items():
             signal.signal(sig, handler)
