@@ -1,0 +1,67 @@
+"""The packet-loss and entropy benchmarks run end to end on a tiny bundle (values, resumability)."""
+
+import csv
+import importlib.util
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from vqcodec import zoo
+from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+from vqcodec.perceptual import weights_dir
+
+from .conftest import REPO, make_image
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def bundle_with_transformers(tiny_bundle_dir, tmp_path):
+    d = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, d)
+    torch.manual_seed(0)
+    for kind, causal in (("masked", False), ("ar", True)):
+        cfg = TransformerConfig(sizes=(8, 16, 32, 64), dim=32, depth=1, heads=4, causal=causal, local=1)
+        zoo.save_recovery(d, IndexTransformer(cfg).eval(), {"steps": 0}, kind=kind)
+    return d
+
+
+@pytest.mark.skipif(not weights_dir().exists(), reason="LPIPS/DISTS weights not present")
+def test_packet_loss_benchmark_resumes_from_its_cache(bundle_with_transformers, tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(make_image(64, 96, seed=i)).save(data / f"im{i}.png")
+    pl = _load("packet_loss")
+    argv = ["--model", str(bundle_with_transformers), "--data", str(data), "--ks", "16", "--losses", "0", "0.5",
+            "--seeds", "2", "--packets", "8", "--out", str(tmp_path / "out")]  # fmt: skip
+    pl.main(argv)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "packet_loss.csv")))
+    assert {r["method"] for r in rows} == {"none", "neighbour", "ar", "masked"}
+    assert len(rows) == 2 * (1 + 2) * 4  # images x (loss 0 once + 2 seeds) x methods
+    clean = [r for r in rows if r["loss"] == "0.0"]
+    assert len({(r["image"], r["psnr"]) for r in clean}) == 2  # loss 0: one picture per image, every method
+    lossy = [r for r in rows if r["loss"] == "0.5"]
+    assert all(int(r["lost_packets"]) > 0 for r in lossy)
+    lines = (tmp_path / "out" / "cache.jsonl").read_text().splitlines()
+    pl.main(argv)  # everything cached: nothing new measured, same table
+    assert (tmp_path / "out" / "cache.jsonl").read_text().splitlines() == lines
+    assert list(csv.DictReader(open(tmp_path / "out" / "packet_loss.csv"))) == rows
+
+
+def test_entropy_benchmark_reports_every_mode(bundle_with_transformers, tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.fromarray(make_image(64, 96, seed=3)).save(data / "im.png")
+    _load("entropy").main(
+        ["--model", str(bundle_with_transformers), "--data", str(data), "--ks", "16", "--levels", "2"]
+    )
+    out = capsys.readouterr().out
+    assert "2-level" in out and "| 16 | 4.000 |" in out
