@@ -71,7 +71,7 @@ def _frequencies(logits: torch.Tensor) -> np.ndarray:
 def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> np.ndarray:
     """(N, K) coding probabilities of the positions ``sel``, from fixed-point integer frequencies."""
     with deterministic_threads(1), torch.inference_mode():
-        logits = net(idx[None], ~visible[None], k)[0]
+        logits = net.tiled(idx, ~visible, k)
     freq = _frequencies(logits[torch.from_numpy(sel)])
     return freq / freq.sum(axis=1, keepdims=True)
 
