@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
+    ap.add_argument("--context-levels", type=int, default=2, choices=[1, 2],
+                    help="lattice levels of the context coder's group order (masked model): 2 = 7 groups")  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
 
         save_recovery(bundle.path, model.eval(), {"steps": step, "crop": args.crop, "batch": args.batch,
                                                   "held_out_bits_per_index": {str(k): round(v, 4) for k, v in val.items()},
-                                                  "data": "index maps of training photos and their mirror images (never Kodak)"},
+                                                  "data": "index maps of training photos and their mirror images (never Kodak)",
+                                                  **({} if cfg.causal else {"context_levels": args.context_levels})},
                       kind="ar" if cfg.causal else "masked")  # fmt: skip
         print(f"{'ar' if cfg.causal else 'masked'} transformer stored in {bundle.path}")
 
