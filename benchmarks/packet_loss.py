@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import zlib
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cache_path = args.out / "cache.jsonl"
     tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"
-    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}"
+    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}:v2"
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
                                     cache[key] = {**cache[f"{tag}|{p.name}|{k}|{loss}|{seed}|{methods[0]}"], "key": key,
                                                   "method": method}  # fmt: skip
                                 else:
-                                    lossy, rep = corrupt.corrupt(data, loss=loss, seed=seed)
+                                    # a loss pattern of its own per image, rate and seed (one seed for all
+                                    # would drop the same packets everywhere, and nest the rates)
+                                    ch = zlib.crc32(f"{p.name}|{loss}|{seed}".encode())
+                                    lossy, rep = corrupt.corrupt(data, loss=loss, seed=ch)
                                     t = time.perf_counter()
                                     out, report = codec.decode_with_report(lossy, bundle, method=method)
                                     dt = time.perf_counter() - t

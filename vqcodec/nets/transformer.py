@@ -152,11 +152,15 @@ class IndexTransformer(nn.Module):
         return logits[:h, :w]
 
     @torch.inference_mode()
-    def fill(self, indices: torch.Tensor, missing: torch.Tensor, k: int, steps: int = 6) -> torch.Tensor:
+    def fill(self, indices: torch.Tensor, missing: torch.Tensor, k: int, steps: int = 6,
+             codes: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """MaskGIT-style iterative filling of ``missing`` (h, w) holes of one (h, w) map.
 
         Each round predicts every remaining hole and keeps the most confident share
-        (cosine schedule), so later predictions see earlier ones. Deterministic (argmax).
+        (cosine schedule), so later predictions see earlier ones. Deterministic. With ``codes``
+        (the K-book's l2-normalised code vectors) a hole gets the code nearest the
+        probability-weighted mean code vector, a minimum-distortion guess in latent space, instead
+        of the single likeliest index, which costs more when the model is unsure.
         """
         idx = indices.clone()[None]
         miss = missing.clone()[None]
@@ -166,7 +170,10 @@ class IndexTransformer(nn.Module):
             if left == 0:
                 break
             logits = self.tiled(idx[0], miss[0], k)[None]
-            prob, pred = logits.softmax(-1).max(-1)
+            probs = logits.softmax(-1)
+            prob, pred = probs.max(-1)
+            if codes is not None:  # the code nearest the expected code vector, not the likeliest index
+                pred = (F.normalize(probs @ codes, dim=-1) @ codes.t()).argmax(-1)
             keep_left = math.floor(total * math.cos(math.pi / 2 * (step + 1) / steps))
             n_fill = max(1, left - keep_left) if step < steps - 1 else left
             conf = prob.masked_fill(~miss, -1.0).flatten()
