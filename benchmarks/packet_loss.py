@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import zlib
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
