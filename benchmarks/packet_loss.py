@@ -48,15 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--packets", type=int, default=16)
     ap.add_argument("--methods", nargs="*", default=None, help="default: every method the bundle supports")
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--shard", default="0/1", help="i/n: measure every n-th image from the i-th (parallel runs)")
+    ap.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n or i,j/n: the images whose position mod n is i (or i or j): parallel runs, subsets",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "packet_loss")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
     methods = args.methods or (["none", "neighbour"] + (["ar"] if "recovery_ar" in bundle.manifest else [])
                                 + (["masked"] if "recovery" in bundle.manifest else []))  # fmt: skip
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
-    shard, n_shards = (int(v) for v in args.shard.split("/"))
-    images = images[shard::n_shards]
+    picks, n_shards = args.shard.split("/")
+    images = [im for i, im in enumerate(images) if i % int(n_shards) in {int(v) for v in picks.split(",")}]
     args.out.mkdir(parents=True, exist_ok=True)
     cache_path = args.out / "cache.jsonl"
     tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"

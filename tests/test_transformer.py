@@ -114,6 +114,10 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     out, report = codec.decode_with_report(lossy, b, method="ar")
     assert out.shape == (96, 128, 3) and report.method == "ar"
     assert codec.decode_with_report(lossy, b)[1].method == "masked"  # auto prefers masked
+    intact = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
+    for method in ("ar", "masked", "neighbour", "none"):  # nothing lost: every method gives the same image
+        out, report = codec.decode_with_report(intact, b, method=method)
+        assert report.missing_positions == 0 and np.array_equal(out, codec.decode(intact, b))
 
 
 def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_path):

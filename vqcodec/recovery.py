@@ -40,6 +40,8 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, count
         method = "masked" if transformer is not None else "neighbour"
     if method not in METHODS:
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
+    if not missing.any():  # nothing lost: nothing to predict, whatever the method
+        return indices.copy()
     if method in ("masked", "ar") and transformer is None:
         hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
         raise VqcUsageError(f"this model bundle has no {method} recovery transformer (train one: {hint})")
