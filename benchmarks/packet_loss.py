@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "packet_loss")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
-    methods = args.methods or (["none", "neighbour"] + (["ar"] if "recovery_ar" in bundle.manifest else [])
-                                + (["masked"] if "recovery" in bundle.manifest else []))  # fmt: skip
+    methods = args.methods or ["none", "neighbour"] + [m for m in ("ar", "masked") if bundle.has_transformer(m)]
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     picks, n_shards = args.shard.split("/")
     images = [im for i, im in enumerate(images) if i % int(n_shards) in {int(v) for v in picks.split(",")}]

@@ -274,12 +274,8 @@ def unpack_packets(
 def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     """Resolve ``auto`` (masked, else ar, else neighbour) and load the transformer it needs."""
     if method == "auto":
-        method = (
-            "masked" if "recovery" in bundle.manifest else "ar" if "recovery_ar" in bundle.manifest else "neighbour"
-        )
-    if not needed:
-        return method, None
-    return method, {"masked": bundle.recovery_model, "ar": bundle.ar_model}.get(method)
+        method = next((kind for kind in ("masked", "ar") if bundle.has_transformer(kind)), "neighbour")
+    return method, bundle.transformer(method) if needed else None
 
 
 def decode_with_report(

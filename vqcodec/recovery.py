@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from vqcodec.errors import VqcUsageError
 
 METHODS = ("none", "neighbour", "ar", "masked")
-DEFAULT = "auto"  # masked when the bundle has a transformer, else neighbour
+DEFAULT = "auto"  # masked when the bundle ships it, else ar, else neighbour (codec._recovery_choice)
 
 
 def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
@@ -46,13 +46,11 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, count
         hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
         raise VqcUsageError(f"this model bundle has no {method} recovery transformer (train one: {hint})")
     out = indices.copy()
-    if not missing.any():
-        return out
     fill = int(np.argmax(counts))
     if method == "masked" and not missing.all():
         miss = torch.from_numpy(missing)
+        book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
         for j in range(out.shape[0]):
-            book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
             out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book).numpy()
         return out
     if method == "ar":

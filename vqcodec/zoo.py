@@ -32,8 +32,8 @@ WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
 RECOVERY = "recovery.safetensors"
 RECOVERY_AR = "recovery-ar.safetensors"
-# manifest key -> weight file of the index-map transformers a bundle may ship
-TRANSFORMERS = {"recovery": RECOVERY, "recovery_ar": RECOVERY_AR}
+# kind -> (manifest key, weight file) of the index-map transformers a bundle may ship
+TRANSFORMERS = {"masked": ("recovery", RECOVERY), "ar": ("recovery_ar", RECOVERY_AR)}
 BUNDLE_FORMAT = 1
 
 
@@ -62,34 +62,37 @@ class Bundle:
     tables: dict[int, FrequencyTable] = field(default_factory=dict)
     _transformers: dict = field(default_factory=dict)
 
-    def _transformer(self, key: str):
-        if key not in self._transformers and key in self.manifest:
+    def has_transformer(self, kind: str) -> bool:
+        """Whether the bundle ships the ``masked`` or ``ar`` transformer (without loading it)."""
+        return kind in TRANSFORMERS and TRANSFORMERS[kind][0] in self.manifest
+
+    def transformer(self, kind: str):
+        """The ``masked`` or ``ar`` index-map transformer, loaded once; None if not shipped."""
+        if kind not in self._transformers and self.has_transformer(kind):
             from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
 
+            key, fname = TRANSFORMERS[kind]
             try:
                 cfg = TransformerConfig.from_dict(self.manifest[key]["config"])
                 net = _checked_build(self.path, IndexTransformer, cfg)
-                sd = load_file(_verified(self.path, self.manifest, TRANSFORMERS[key]))
+                sd = load_file(_verified(self.path, self.manifest, fname))
                 net.load_state_dict({k: v.float() for k, v in sd.items()})
             except VqcModelError:
                 raise
             except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
-                first = (str(e).strip().splitlines() or [""])[0]
-                raise VqcModelError(
-                    f"{self.path}: cannot load {TRANSFORMERS[key]} ({type(e).__name__}: {first})"
-                ) from None
-            self._transformers[key] = net.eval().requires_grad_(False)
-        return self._transformers.get(key)
+                raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
+            self._transformers[kind] = net.eval().requires_grad_(False)
+        return self._transformers.get(kind)
 
     @property
     def recovery_model(self):
         """The bidirectional index-map transformer (masked recovery, context coding), or None."""
-        return self._transformer("recovery")
+        return self.transformer("masked")
 
     @property
     def ar_model(self):
         """The causal (raster-order) index-map transformer of ``--recover ar``, or None."""
-        return self._transformer("recovery_ar")
+        return self.transformer("ar")
 
     @property
     def context_levels(self) -> int:
@@ -137,6 +140,12 @@ MAX_WEIGHT_BYTES = 512 << 20
 MAX_PARAMETERS = 100_000_000
 """Bounds on what a bundle may make us read or allocate, checked before reading or building:
 a hostile or damaged manifest cannot declare a network that eats all memory."""
+
+
+def _first_line(e: Exception) -> str:
+    """``Type: first line of the message``: a library exception as part of a one-line error."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _check_bytes(path: Path, limit: int) -> None:
@@ -253,8 +262,7 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     except VqcModelError:
         raise
     except Exception as e:  # a damaged bundle must not surface as a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise VqcModelError(f"{path}: cannot load weights ({type(e).__name__}: {first})") from None
+        raise VqcModelError(f"{path}: cannot load weights ({_first_line(e)})") from None
     model.eval().requires_grad_(False)
     codebooks, tables = {}, {}
     for k in manifest["codebook_sizes"]:
@@ -318,12 +326,12 @@ def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict
     """Add (or replace) a bundle's index-map transformer (``kind`` masked or ar); the model id
     does not change, since it only hashes the autoencoder and codebooks, so static-coded files
     still decode (context-coded ones carry the transformer's own tag)."""
-    key = {"masked": "recovery", "ar": "recovery_ar"}[kind]
+    key, fname = TRANSFORMERS[kind]
     folder = find_bundle(folder)
     manifest = _read_manifest(folder)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    save_file(sd, str(folder / TRANSFORMERS[key]))
-    manifest["files"][TRANSFORMERS[key]] = sha256_file(folder / TRANSFORMERS[key])
+    save_file(sd, str(folder / fname))
+    manifest["files"][fname] = sha256_file(folder / fname)
     manifest[key] = {"config": net.config.to_dict(), **record}
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 One network serves every codebook size: each K has its own input embedding table and output head
 (rows for K = 8 ... 1024 add up to 2040), the trunk is shared. Positions use 2-D sinusoidal
-encodings, so any map size works (trained on crops, run on whole images).
+encodings, so any map size works; inference runs on 16x16 tiles, the training crop (``tiled``).
 
 Uses: lost-index recovery (MaskGIT-style iterative filling: predict all holes, keep the most
 confident, repeat), and, with a group order, the context model of the entropy coder.

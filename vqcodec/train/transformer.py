@@ -115,10 +115,10 @@ def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1)
     model.eval()
     out = {}
     for k, v in maps.items():
-        if not any(a.shape[0] >= size and a.shape[1] >= size for a in v):
+        try:
+            x, m = batch(v, size, 32, random.Random(seed), model.config.causal)
+        except ValueError:  # no held-out map this large
             continue
-        rng = random.Random(seed)
-        x, m = batch(v, size, 32, rng, model.config.causal)
         logits = model(x, m, k)
         sel = torch.ones_like(m) if model.config.causal else m
         out[k] = float(F.cross_entropy(logits[sel], x[sel])) / math.log(2)
