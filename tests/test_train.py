@@ -132,3 +132,42 @@ def test_ddp_two_cpu_processes_gloo(photos, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "DDP: 2 replicas, weights in sync: True" in proc.stdout
     assert torch.load(out / "last.ckpt", weights_only=True)["step"] == 3
+
+
+def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, photos, tmp_path):
+    """--decoder-only trains the decoder alone; finetune --decoder-from ships it with the same
+    encoder, books and transformers, so files keep their index maps and decode differently."""
+    import shutil
+
+    from vqcodec import codec, zoo
+    from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+    from vqcodec.train import finetune
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_bundle_dir, src)
+    torch.manual_seed(0)
+    cfg = TransformerConfig(sizes=(8, 16, 32, 64), dim=32, depth=1, heads=4, local=1)
+    zoo.save_recovery(src, IndexTransformer(cfg).eval(), {"steps": 0}, kind="masked")
+    run = tmp_path / "run"
+    autoencoder.main(common(photos, run) + ["--init-from", str(src), "--decoder-only", "--steps", "4",
+                                            "--pixel-steps", "100", "--lr", "1e-2"])  # fmt: skip
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert float(rows[-1]["val_psnr_k8"]) > 0 and "val_lpips_vgg_k64" in rows[-1]
+    finetune.main([str(src), "--decoder-from", str(run / "last.ckpt"), "--steps", "0", "--out", str(tmp_path / "ft"),
+                   "--data", str(photos), "--images", "4"])  # fmt: skip
+    old, new = load_model(src), load_model(tmp_path / "ft")
+    assert new.manifest["training"]["decoder_finetuned"]["steps"] == 4
+    for name, t in old.model.state_dict().items():
+        same = torch.equal(t, new.model.state_dict()[name])
+        assert same if name.startswith(finetune.FROZEN) else True
+    assert not torch.equal(old.model.decoder.conv_out.weight, new.model.decoder.conv_out.weight)
+    assert all(torch.equal(old.codebooks[k], new.codebooks[k]) for k in old.codebooks)
+    assert new.manifest["recovery"] == old.manifest["recovery"] and new.context_tag == old.context_tag
+    img = make_image(64, 96, seed=3)
+    a, b = codec.encode(img, 16, old), codec.encode(img, 16, new)
+    assert np.array_equal(codec.unpack(a, old)[0].indices, codec.unpack(b, new)[0].indices)
+    assert not np.array_equal(codec.decode(a, old), codec.decode(b, new))
+    # a checkpoint whose encoder moved is refused
+    autoencoder.main(common(photos, tmp_path / "full") + ["--init-from", str(src), "--steps", "2", "--lr", "1e-2"])
+    with pytest.raises(SystemExit, match="differs"):
+        finetune.take_decoder(load_model(src).model, tmp_path / "full" / "last.ckpt")

@@ -322,6 +322,26 @@ def save_bundle(
     return manifest
 
 
+def copy_transformers(src: Bundle, folder: Path) -> dict:
+    """Carry ``src``'s index-map transformers (files and manifest entries) into the bundle at
+    ``folder``: right when the new bundle has the same encoder and code order (a fine-tuned
+    decoder or books), so its index maps mean what the transformers were trained on."""
+    import shutil
+
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    for key, fname in TRANSFORMERS.values():
+        if key in src.manifest:
+            shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
+            manifest["files"][fname] = sha256_file(folder / fname)
+            manifest[key] = src.manifest[key]
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    _load_cached.cache_clear()
+    return manifest
+
+
 def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict:
     """Add (or replace) a bundle's index-map transformer (``kind`` masked or ar); the model id
     does not change, since it only hashes the autoencoder and codebooks, so static-coded files

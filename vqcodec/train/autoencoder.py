@@ -9,6 +9,11 @@ State lives in ``<out>/last.ckpt`` (written atomically every ``--ckpt-minutes`` 
 ``<out>/log.csv``, validation pictures in ``<out>/val_*.png``. ``--resume`` continues a run;
 ``--init-from models/<bundle>`` starts a new run from a shipped bundle (a new machine has no
 run folder, but it has the committed bundle).
+
+``--decoder-only`` (with ``--init-from``) trains ``post_quant_conv`` + decoder alone, each step on
+one of the bundle's K-means books picked at random: the encoder, the books and so every index map
+stay as they are, so the bundle's context and recovery transformers stay valid, and one decoder
+learns to serve every K. ``vqc finetune --decoder-from <run>/last.ckpt`` puts it into a bundle.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from PIL import Image
 from vqcodec.nets.autoencoder import build_autoencoder
 from vqcodec.nets.discriminator import PatchDiscriminator
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
+
+VAL_KS = (8, 64)
+"""Reduced books also scored by the validation pass of a ``--decoder-only`` run (its grid shows the last)."""
 
 
 @dataclass
@@ -106,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gan-start", type=int, default=10**9, help="step where the GAN loss starts")
     ap.add_argument("--gan-weight", type=float, default=0.1)
     ap.add_argument("--fm-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train post_quant_conv + decoder only, on a random K-means book of --init-from per step",
+    )
     ap.add_argument("--restart-every", type=int, default=200, help="dead-code restart period")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--val-minutes", type=float, default=15.0)
@@ -143,8 +156,14 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.lpips: torch.nn.Module | None = None
+        self.books: dict[int, torch.Tensor] = {}  # --decoder-only: the bundle's K-means books
         self.phases = schedule(args)
         self._start()
+        if args.decoder_only:
+            if not self.books:
+                raise SystemExit("--decoder-only needs --init-from <bundle> (or --resume of such a run)")
+            for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
+                part.requires_grad_(False)
 
     # ---------------------------------------------------------------- state
     def _start(self) -> None:
@@ -158,6 +177,7 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.step, self.elapsed = state["step"], state["elapsed"]
+            self.books = {int(k): v.to(self.device) for k, v in state.get("books", {}).items()}
             random.setstate(state["py_rng"])
             torch.set_rng_state(state["torch_rng"])
             self.log(f"resumed {ckpt} at step {self.step}")
@@ -172,6 +192,11 @@ class Trainer:
                 self.model = build_autoencoder(cfg).to(self.device)
                 self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
             self.model.load_state_dict(sd, strict=False)
+            if self.args.decoder_only:
+                from vqcodec.zoo import load_model
+
+                books = load_model(self.args.init_from).codebooks
+                self.books = {int(k): v.float().to(self.device) for k, v in books.items()}
             self.step = int(record.get("steps", 0))
             self.elapsed = float(record.get("seconds", 0.0))
             self.log(f"initialised from bundle {self.args.init_from} (step {self.step})")
@@ -206,6 +231,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
+            "books": {str(k): v.cpu() for k, v in self.books.items()},
             "config": self.model.config.to_dict(),
             "args": {k: str(v) for k, v in vars(self.args).items()},
             "py_rng": random.getstate(),
@@ -257,7 +283,13 @@ class Trainer:
             g["lr"] = self._adaptive_lr()
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
         with amp:
-            x_hat, qloss, idx = model(x)
+            if self.books:  # --decoder-only: frozen encoder, a random book, no codebook loss
+                with torch.no_grad():
+                    book = self.books[random.choice(sorted(self.books))]
+                    z_q = model.quantize.dequantize(model.quantize.quantize(model.encode_latent(x), book), book)
+                x_hat, qloss = model.decode_latent(z_q), torch.zeros((), device=x.device)
+            else:
+                x_hat, qloss, _ = model(x)
             x_hat = x_hat.float()
             rec = F.l1_loss(x_hat, x)
             loss = rec + qloss
@@ -287,7 +319,7 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         self.opt.step()
         if phase.gan:
             with amp:
@@ -303,7 +335,7 @@ class Trainer:
                         p.grad /= self.world
             self.opt_d.step()
             logs["d"] = d_loss.item()
-        if self.step % args.restart_every == 0 and self.step > 0:
+        if self.step % args.restart_every == 0 and self.step > 0 and not self.books:
             logs["restarted"] = model.quantize.restart_dead_codes()
             if self.ddp:  # keep replicas identical after a restart
                 dist.broadcast(model.quantize.embedding.weight.data, 0)
@@ -322,6 +354,13 @@ class Trainer:
         used = torch.unique(torch.cat(idxs)).numel() / self.model.quantize.codebook_size
         res = {"val_psnr": psnr(y, xs), "val_lpips_vgg": float(self._lpips()(y, xs).mean()),
                "val_usage": used, "train_usage": float((self.model.quantize.usage > 1e-3).float().mean())}  # fmt: skip
+        for k in VAL_KS:  # --decoder-only: the reduced books it is trained for
+            if k in self.books:
+                q = self.model.quantize
+                yk = torch.cat([self.model.decode_latent(q.dequantize(q.quantize(self.model.encode_latent(
+                    xs[i : i + 4]), self.books[k]), self.books[k])) for i in range(0, xs.shape[0], 4)])  # fmt: skip
+                res.update({f"val_psnr_k{k}": psnr(yk, xs), f"val_lpips_vgg_k{k}": float(self._lpips()(yk, xs).mean())})
+                y = yk if k == VAL_KS[-1] else y
         save_grid(xs[:4], y[:4], self.out / f"val_{self.step:07d}.png")
         self.model.train()
         return res
@@ -333,6 +372,7 @@ class Trainer:
         log_path = self.out / "log.csv"
         fields = ["step", "phase", "seconds", "sec_per_step", "loss", "l1", "mse", "lpips_vgg", "q", "g", "fm",
                   "d", "restarted", "val_psnr", "val_lpips_vgg", "val_usage", "train_usage"]  # fmt: skip
+        fields += [f"val_{m}_k{k}" for k in VAL_KS for m in ("psnr", "lpips_vgg")] if self.books else []
         new = not log_path.exists()
         logf = open(log_path, "a", newline="") if self.main else None
         writer = csv.DictWriter(logf, fieldnames=fields, extrasaction="ignore") if logf else None

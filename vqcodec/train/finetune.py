@@ -7,6 +7,11 @@ rates, so a bundle stays a few MB; fine-tuning the decoder per K is a larger-bun
 for later measurement. Data: training photos only (never Kodak).
 
     vqc finetune models/vqc-small --out models/vqc-small-ft --steps 200
+
+``--decoder-from <run>/last.ckpt`` first takes the decoder of a ``vqc train --decoder-only`` run
+(the encoder and base codebook must be the bundle's, which is checked), so "decoder fine-tuned on
+every K" and "books fine-tuned per K" combine; ``--steps 0`` takes the decoder alone. The bundle's
+index-map transformers are carried over: neither step changes what an index means.
 """
 
 from __future__ import annotations
@@ -20,7 +25,24 @@ import torch.nn.functional as F
 
 from vqcodec.train.codebooks import build_books, collect_latents
 from vqcodec.train.data import CropStream, list_images, load_rgb, split_holdout
-from vqcodec.zoo import load_model, save_bundle
+from vqcodec.zoo import copy_transformers, load_model, save_bundle
+
+FROZEN = ("encoder.", "quant_conv.", "quantize.embedding")
+"""Weights a --decoder-from checkpoint must share with the bundle (they make the index maps)."""
+
+
+def take_decoder(model, ckpt: Path) -> dict:
+    """Load the decoder of a --decoder-only training checkpoint into ``model``; refuses one whose
+    encoder or base codebook differ from the bundle's (its index maps would mean other things)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = state["model"]
+    own = model.state_dict()
+    for name, t in own.items():
+        if name.startswith(FROZEN) and not torch.equal(sd[name].float(), t.float()):
+            raise SystemExit(f"{ckpt}: {name} differs from the bundle's: not a --decoder-only run of this bundle")
+    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("usage")}, strict=False)
+    return {"checkpoint": str(ckpt), "steps": int(state["step"]), "seconds": round(float(state["elapsed"])),
+            "args": state.get("args", {})}  # fmt: skip
 
 
 def finetune_book(model, book: torch.Tensor, crops: CropStream, steps: int, batch: int, lr: float,
@@ -63,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default=None)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/datasets/train")
     ap.add_argument("--ks", type=int, nargs="*", default=None, help="K values to fine-tune (default: all but the base)")
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--decoder-from", type=Path, default=None, help="a vqc train --decoder-only checkpoint")
+    ap.add_argument("--steps", type=int, default=200, help="codebook fine-tuning steps per K (0: none)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -75,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     bundle = load_model(args.bundle)
     model = bundle.model
+    decoder = take_decoder(model, args.decoder_from) if args.decoder_from else None
     files, _ = split_holdout(list_images(args.data), 8)
     photos = [load_rgb(p, 1024) for p in files]
     crops = CropStream(photos, args.crop)
@@ -87,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     ks = args.ks or [k for k in bundle.codebook_sizes if k != base_k]
     books = dict(bundle.codebooks)
     logs = {}
-    for k in ks:
+    for k in ks if args.steps else []:
         t = time.time()
         books[k], logs[str(k)] = finetune_book(model, bundle.codebook(k), crops, args.steps, args.batch, args.lr,
                                                lpips, args.lpips_weight)  # fmt: skip
@@ -104,7 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         idx = model.quantize._nearest(latents, book).numpy()
         tables[k] = FrequencyTable.from_indices(idx, k)
     training = dict(bundle.manifest.get("training", {}))
-    training["finetuned"] = {"what": "codebook only (encoder and decoder frozen)", "loss": "L1 + LPIPS-VGG(relu3_3)",
-                             "lr": args.lr, "batch": args.batch, "crop": args.crop, "per_k": logs}  # fmt: skip
+    if decoder:
+        training["decoder_finetuned"] = {"what": "post_quant_conv + decoder on a random K-means book per step "
+                                         "(encoder and base codebook frozen)", **decoder}  # fmt: skip
+    if args.steps:
+        training["finetuned"] = {"what": "codebook only (encoder and decoder frozen)", "loss": "L1 + LPIPS-VGG(relu3_3)",
+                                 "lr": args.lr, "batch": args.batch, "crop": args.crop, "per_k": logs}  # fmt: skip
     man = save_bundle(args.out, args.name or bundle.name, model, bundle.manifest["arch"], books, tables, training)
+    man = copy_transformers(bundle, args.out)
     print(f"wrote {args.out} ({man['model_id']})")
