@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bdrate import bd_rate  # noqa: E402
-from rd_codecs import all_codecs  # noqa: E402
+from rd_codecs import all_codecs, select  # noqa: E402
 
 METRICS = {"psnr": False, "ms_ssim": False, "lpips": True, "dists": True}  # name -> lower is better
 KODAK = HERE.parent.parent / "shared" / "datasets" / "kodak"
@@ -168,10 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     args.out.mkdir(parents=True, exist_ok=True)
     codecs = []
-    for c in all_codecs(args.model):
-        short = c.name.split(" ")[0]
-        if args.codecs and c.name not in args.codecs and short not in args.codecs:
-            continue
+    for c in select(all_codecs(args.model), args.codecs):
         why = c.unavailable()
         if why:
             print(f"warning: skipping {c.name}: {why}", file=sys.stderr)

@@ -278,6 +278,20 @@ class VQC(Codec):
         return len(data), rec, enc, time.perf_counter() - t
 
 
+def select(codecs: list[Codec], names: list[str] | None) -> list[Codec]:
+    """The codecs ``names`` asks for (all when None): a full name (any case), or a first word
+    ("vqcodec" for "vqcodec (vqc-small)"), or an alias such as JXL; "JPEG" is JPEG, not JPEG XL."""
+    if not names:
+        return list(codecs)
+    asked = {ALIASES.get(n.lower(), n.lower()) for n in names}
+    full = {c.name.lower() for c in codecs}
+    return [c for c in codecs
+            if c.name.lower() in asked or (c.name.split(" ")[0].lower() in asked - full)]  # fmt: skip
+
+
+ALIASES = {"jxl": "jpeg xl", "jpegxl": "jpeg xl", "hevc": "bpg", "vtm": "vvc"}
+
+
 def all_codecs(model: str | None = None) -> list[Codec]:
     return [
         VQC(model),

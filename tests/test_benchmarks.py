@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import shutil
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from .conftest import REPO, make_image
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # so that spawned workers (speed.py) pickle its functions by name
     spec.loader.exec_module(mod)
     return mod
 
@@ -65,3 +67,32 @@ def test_entropy_benchmark_reports_every_mode(bundle_with_transformers, tmp_path
     )
     out = capsys.readouterr().out
     assert "2-level" in out and "| 16 | 4.000 |" in out
+
+
+def test_speed_benchmark_times_every_codec_in_its_own_process(tiny_bundle_dir, tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for s in range(2):
+        Image.fromarray(make_image(64, 96, seed=s)).save(data / f"im{s}.png")
+    _load("speed").main(["--model", str(tiny_bundle_dir), "--data", str(data), "--codecs", "vqcodec", "JPEG",
+                         "--ks", "8", "--images", "2", "--threads", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "out" / "speed.csv")))
+    assert [(r["codec"].split(" ")[0], r["setting"]) for r in rows] == [("vqcodec", "8"), ("JPEG", "1")]
+    for r in rows:
+        assert float(r["enc_s"]) > 0 and float(r["dec_s"]) > 0 and float(r["rss_mb"]) > 10
+        assert float(r["bpp"]) == pytest.approx(float(r["bytes"]) * 8 / (64 * 96))
+    assert "| JPEG | 1 |" in capsys.readouterr().out
+
+
+def test_codec_selection_by_name_alias_and_first_word():
+    rc = _load("rd_codecs")
+    codecs = [type("C", (), {"name": n})() for n in ("vqcodec (vqc-small)", "BPG", "JPEG XL", "JPEG", "WebP")]
+
+    def names(asked):
+        return [c.name for c in rc.select(codecs, asked)]
+
+    assert names(None) == [c.name for c in codecs]
+    assert names(["JPEG"]) == ["JPEG"]
+    assert names(["jxl", "vqcodec"]) == ["vqcodec (vqc-small)", "JPEG XL"]
+    assert names(["jpeg xl", "webp"]) == ["JPEG XL", "WebP"]
+    assert names(["nothing"]) == []
