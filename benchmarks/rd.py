@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bdrate import bd_rate  # noqa: E402
-from rd_codecs import all_codecs, select  # noqa: E402
+from rd_codecs import all_codecs, usable  # noqa: E402
 
 METRICS = {"psnr": False, "ms_ssim": False, "lpips": True, "dists": True}  # name -> lower is better
 KODAK = HERE.parent.parent / "shared" / "datasets" / "kodak"
@@ -167,13 +167,8 @@ def main(argv: list[str] | None = None) -> None:
 
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     args.out.mkdir(parents=True, exist_ok=True)
-    codecs = []
-    for c in select(all_codecs(args.model), args.codecs):
-        why = c.unavailable()
-        if why:
-            print(f"warning: skipping {c.name}: {why}", file=sys.stderr)
-            continue
-        codecs.append(c)
+    codecs = usable(args.model, args.codecs)
+    for c in codecs:
         print(f"{c.name}: {c.version()}; settings {c.settings}")
     cache_path = args.out / "cache.jsonl"
     cache = load_cache(cache_path)

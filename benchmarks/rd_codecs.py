@@ -289,6 +289,18 @@ def select(codecs: list[Codec], names: list[str] | None) -> list[Codec]:
             if c.name.lower() in asked or (c.name.split(" ")[0].lower() in asked - full)]  # fmt: skip
 
 
+def usable(model: str | None, names: list[str] | None) -> list[Codec]:
+    """The asked-for codecs that can run here; each missing one is skipped with a warning."""
+    out = []
+    for c in select(all_codecs(model), names):
+        why = c.unavailable()
+        if why:
+            print(f"warning: skipping {c.name}: {why}", file=sys.stderr)
+            continue
+        out.append(c)
+    return out
+
+
 ALIASES = {"jxl": "jpeg xl", "jpegxl": "jpeg xl", "hevc": "bpg", "vtm": "vvc"}
 
 

@@ -94,15 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "speed")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from rd_codecs import all_codecs, select
+    from rd_codecs import usable
 
-    codecs = []
-    for c in select(all_codecs(args.model), args.codecs):
-        why = c.unavailable()
-        if why:
-            print(f"warning: skipping {c.name}: {why}", file=sys.stderr)
-            continue
-        codecs.append(c)
+    codecs = usable(args.model, args.codecs)
     paths = [str(p) for p in sorted(args.data.glob("*.png"))[: args.images]]
     ctx = mp.get_context("spawn")
     rows = []
