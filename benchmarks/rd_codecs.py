@@ -252,7 +252,8 @@ class VQC(Codec):
         self.bundle = None
         try:
             man = zoo._read_manifest(zoo.find_bundle(model or zoo.DEFAULT_MODEL))
-            self.name = f"vqcodec ({man['name']})"
+            # the model id is part of the name, so rd.py's cache never serves another model's results
+            self.name = f"vqcodec ({man['name']} {man['model_id']})"
             self.settings = list(man["codebook_sizes"])
             self._version = man["model_id"]
             self._missing = None
