@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec, corrupt, metrics  # noqa: E402
+from vqcodec import codec, corrupt, metrics, recovery  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
 
@@ -56,14 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "packet_loss")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
-    methods = args.methods or ["none", "neighbour"] + [m for m in ("ar", "masked") if bundle.has_transformer(m)]
+    methods = args.methods or ["none", "neighbour"] + [
+        m for m in ("ar", "masked", "masked-index") if bundle.has_transformer(recovery.TRANSFORMER[m])
+    ]
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     picks, n_shards = args.shard.split("/")
     images = [im for i, im in enumerate(images) if i % int(n_shards) in {int(v) for v in picks.split(",")}]
     args.out.mkdir(parents=True, exist_ok=True)
     cache_path = args.out / "cache.jsonl"
     tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"
-    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}:v2"
+    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}:v3"  # v3: soft masked
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                             if key not in cache:
                                 if img is None:
                                     img = load_image(p).pixels
+                                    ref = metrics.Reference(img)  # its LPIPS/DISTS features once
                                 if data is None:
                                     data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
                                 if loss == 0 and method != methods[0]:  # nothing lost: same picture
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                                     dt = time.perf_counter() - t
                                     cache[key] = {"key": key, "image": p.name, "K": k, "loss": loss, "seed": seed,
                                                   "method": method, "lost_packets": len(report.lost_packets),
-                                                  "bytes": len(data), "decode_s": dt, **metrics.score(img, out)}  # fmt: skip
+                                                  "bytes": len(data), "decode_s": dt, **ref.score(out)}  # fmt: skip
                                 cf.write(json.dumps(cache[key]) + "\n")
                                 cf.flush()
                             rows.append({k2: v for k2, v in cache[key].items() if k2 != "key"})

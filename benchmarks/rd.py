@@ -4,8 +4,10 @@
     python benchmarks/rd.py --codecs vqcodec BPG JPEG --limit 4 --jobs 2
     VQC_VVC_PRESET=fast python benchmarks/rd.py               # quicker VVC
 
-Results are cached per (codec, setting, image) in ``<out>/cache.jsonl``, so a stopped run resumes
-where it was. bpp = whole file bytes x 8 / pixels. Metrics: docs/metrics.md. Writes
+Results are cached per (codec, setting, image) in ``<out>/cache.jsonl`` (default ``docs/rd/``,
+committed with the plots and tables, so a stopped run resumes where it was, on any machine). A
+worker runs one codec at all its settings on one image, so the original's LPIPS/DISTS features
+are computed once (``metrics.Reference``). bpp = whole file bytes x 8 / pixels. Metrics: docs/metrics.md. Writes
 ``rd.csv`` (every measurement), ``rd_summary.csv`` (means per codec and setting), ``rd_<metric>.png``
 (bpp vs metric, log-x), ``bdrate.md`` (BD-rate of every codec against BPG and VVC for each metric,
 with the overlapping quality range) and ``crops.png`` (the same crop at ~0.02 bpp from each codec).
@@ -37,7 +39,8 @@ KODAK = HERE.parent.parent / "shared" / "datasets" / "kodak"
 
 
 def _work(args):
-    codec_name, setting, path, model = args
+    """Run one codec at several settings on one image; the image's metric features are computed once."""
+    codec_name, settings, path, model = args
     import torch
 
     torch.set_num_threads(1)
@@ -46,12 +49,16 @@ def _work(args):
 
     codec = next(c for c in all_codecs(model) if c.name == codec_name)
     img = load_image(path).pixels
-    with tempfile.TemporaryDirectory() as tmp:
-        nbytes, rec, enc_s, dec_s = codec.run(img, setting, Path(tmp))
-    row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "bytes": nbytes,
-           "bpp": nbytes * 8 / (img.shape[0] * img.shape[1]), "enc_s": enc_s, "dec_s": dec_s}  # fmt: skip
-    row.update(metrics.score(img, rec))
-    return row
+    ref = metrics.Reference(img)
+    rows = []
+    for setting in settings:
+        with tempfile.TemporaryDirectory() as tmp:
+            nbytes, rec, enc_s, dec_s = codec.run(img, setting, Path(tmp))
+        row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "bytes": nbytes,
+               "bpp": nbytes * 8 / (img.shape[0] * img.shape[1]), "enc_s": enc_s, "dec_s": dec_s}  # fmt: skip
+        row.update(ref.score(rec))
+        rows.append(row)
+    return rows
 
 
 def load_cache(path: Path) -> dict[tuple, dict]:
@@ -157,7 +164,7 @@ def crops(rows: list[dict], images: list[Path], out: Path, model: str | None, ta
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=KODAK)
-    ap.add_argument("--out", type=Path, default=HERE.parent / "bench_out" / "rd")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "rd", help="results and the cache (committed)")
     ap.add_argument("--codecs", nargs="*", default=None, help="names to run (default: all available)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=0)
@@ -172,23 +179,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{c.name}: {c.version()}; settings {c.settings}")
     cache_path = args.out / "cache.jsonl"
     cache = load_cache(cache_path)
-    todo = [(c.name, s, str(p), args.model) for c in codecs for s in c.settings for p in images
-            if (c.name, str(s), p.name) not in cache]  # fmt: skip
+    todo = [(c.name, [s for s in c.settings if (c.name, str(s), p.name) not in cache], str(p), args.model)
+            for c in codecs for p in images]  # fmt: skip
+    todo = [t for t in todo if t[1]]
     t0 = time.time()
     with Progress() as prog, ProcessPoolExecutor(args.jobs) as pool, open(cache_path, "a") as cf:
-        task = prog.add_task("encode/decode/score", total=len(todo))
-        futures = [pool.submit(_work, t) for t in todo]
+        task = prog.add_task("encode/decode/score", total=sum(len(t[1]) for t in todo))
+        futures = {pool.submit(_work, t): t for t in todo}
         for f in as_completed(futures):
             try:
-                r = f.result()
+                done = f.result()
             except Exception as e:  # noqa: BLE001  one failing tool run must not stop the benchmark
-                print(f"warning: {e}", file=sys.stderr)
-                prog.advance(task)
+                print(f"warning: {futures[f][0]} on {Path(futures[f][2]).name}: {e}", file=sys.stderr)
+                prog.advance(task, len(futures[f][1]))
                 continue
-            cache[(r["codec"], str(r["setting"]), r["image"])] = r
-            cf.write(json.dumps(r) + "\n")
+            for r in done:
+                cache[(r["codec"], str(r["setting"]), r["image"])] = r
+                cf.write(json.dumps(r) + "\n")
             cf.flush()
-            prog.advance(task)
+            prog.advance(task, len(done))
     names = {c.name for c in codecs}
     rows = [r for r in cache.values() if r["codec"] in names and r["image"] in {p.name for p in images}]
     with open(args.out / "rd.csv", "w", newline="") as f:

@@ -46,8 +46,8 @@ def test_packet_loss_benchmark_resumes_from_its_cache(bundle_with_transformers, 
             "--seeds", "2", "--packets", "8", "--out", str(tmp_path / "out")]  # fmt: skip
     pl.main(argv)
     rows = list(csv.DictReader(open(tmp_path / "out" / "packet_loss.csv")))
-    assert {r["method"] for r in rows} == {"none", "neighbour", "ar", "masked"}
-    assert len(rows) == 2 * (1 + 2) * 4  # images x (loss 0 once + 2 seeds) x methods
+    assert {r["method"] for r in rows} == {"none", "neighbour", "ar", "masked", "masked-index"}
+    assert len(rows) == 2 * (1 + 2) * 5  # images x (loss 0 once + 2 seeds) x methods
     clean = [r for r in rows if r["loss"] == "0.0"]
     assert len({(r["image"], r["psnr"]) for r in clean}) == 2  # loss 0: one picture per image, every method
     lossy = [r for r in rows if r["loss"] == "0.5"]

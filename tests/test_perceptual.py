@@ -32,6 +32,18 @@ def test_lpips_alex_and_dists_match_official_values():
 
 
 @needs_weights
+def test_reference_scores_equal_pairwise_scores():
+    """metrics.Reference keeps the original's features: same numbers as score(), for every pair."""
+    r = next(csv.DictReader(open(CAL / "values.csv")))
+    a = load(CAL / r["ref_file"])
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    ref = metrics.Reference(a)
+    for b in (load(CAL / r["dist_file"]), noisy, a[::-1].copy()):
+        assert ref.score(b) == pytest.approx(metrics.score(a, b), abs=1e-6)
+    assert set(ref._feats) == {"lpips", "dists"}
+
+
+@needs_weights
 def test_lpips_vgg_matches_reference_and_has_gradients():
     r = next(csv.DictReader(open(CAL / "values.csv")))
     a, b = load(CAL / r["ref_file"]), load(CAL / r["dist_file"])

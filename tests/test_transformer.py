@@ -58,6 +58,22 @@ def test_fill_only_touches_holes_and_is_deterministic():
     assert torch.equal(a, net.fill(x, miss, 16))
 
 
+def test_soft_fill_gives_unit_mean_vectors_at_the_holes_only():
+    import torch.nn.functional as F
+
+    net = small()
+    codes = F.normalize(torch.randn(16, 6, generator=torch.Generator().manual_seed(2)), dim=1)
+    x = torch.randint(0, 16, (6, 9))
+    miss = torch.rand(6, 9, generator=torch.Generator().manual_seed(1)) < 0.4
+    idx, soft = net.fill_soft(x, miss, 16, codes)
+    assert torch.equal(idx, net.fill(x, miss, 16, codes=codes))  # same snapped indices as fill
+    assert soft.shape == (6, 9, 6)
+    assert torch.allclose(soft[miss].norm(dim=1), torch.ones(int(miss.sum())), atol=1e-5)
+    assert (soft[~miss] == 0).all()
+    # each hole's vector is closest to the code it was snapped to
+    assert torch.equal((soft[miss] @ codes.t()).argmax(1), idx[miss])
+
+
 def test_training_learns_a_constant_map(tmp_path):
     import random
 
@@ -105,6 +121,17 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     out, report = codec.decode_with_report(lossy, b)
     assert out.shape == (96, 128, 3) and report.method == "masked"
     assert codec.decode_with_report(lossy, b, method="neighbour")[1].method == "neighbour"
+    enc, _, _ = codec.unpack_packets(lossy, b, method="masked")  # soft: expected vectors at the holes
+    hard, _, _ = codec.unpack_packets(lossy, b, method="masked-index")
+    mask, vectors = enc.hole_latents
+    assert hard.hole_latents is None and np.array_equal(enc.indices, hard.indices)
+    assert mask.sum() == report.missing_positions > 0 and vectors.shape == (mask.sum(), b.model.config.embed_dim)
+    out_hard = codec.synthesize(hard, b)
+    assert (
+        out_hard.shape == out.shape
+        and not np.array_equal(out_hard, out)
+        and np.array_equal(out, codec.synthesize(enc, b))
+    )
     with pytest.raises(VqcUsageError, match="no ar recovery transformer"):
         codec.decode_with_report(lossy, b, method="ar")
     ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-ar"), "--data", str(photos), "--steps", "3",
@@ -115,7 +142,13 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     assert out.shape == (96, 128, 3) and report.method == "ar"
     assert codec.decode_with_report(lossy, b)[1].method == "masked"  # auto prefers masked
     intact = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
-    for method in ("ar", "masked", "neighbour", "none"):  # nothing lost: every method gives the same image
+    for method in (
+        "ar",
+        "masked",
+        "masked-index",
+        "neighbour",
+        "none",
+    ):  # nothing lost: every method gives the same image
         out, report = codec.decode_with_report(intact, b, method=method)
         assert report.missing_positions == 0 and np.array_equal(out, codec.decode(intact, b))
 

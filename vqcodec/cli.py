@@ -229,7 +229,8 @@ def decode(
     fmt: Annotated[str, typer.Option("--format", help="image format for batch output / stdout")] = "png",
     model: Annotated[str | None, typer.Option("--model", help="model bundle (default: from the file's id)")] = None,
     recover: Annotated[
-        str, typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | ar | masked")
+        str,
+        typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | ar | masked | masked-index"),
     ] = "auto",
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,

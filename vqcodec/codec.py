@@ -28,6 +28,9 @@ class Encoded:
     padded_size: tuple[int, int]  # (width, height) after padding to the stride
     codebook_size: int
     model_id: int
+    # latent vectors to decode at some positions instead of their codes: (mask (h, w), vectors (n, d)),
+    # set by the ``masked`` recovery (expected code vectors of the lost indices), else None
+    hole_latents: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,11 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     """Index map -> (H, W, 3) uint8 image cropped to the original size."""
     book = bundle.codebook(enc.codebook_size)
     idx = torch.from_numpy(enc.indices)[None]
-    x = bundle.model.decode_latent(bundle.model.quantize.dequantize(idx, book))
+    z = bundle.model.quantize.dequantize(idx, book)
+    if enc.hole_latents is not None:
+        mask, vectors = enc.hole_latents
+        z[0][:, torch.from_numpy(mask)] = torch.from_numpy(vectors).to(z).t()
+    x = bundle.model.decode_latent(z)
     w, h = enc.image_size
     return _to_pixels(x)[:h, :w]
 
@@ -263,11 +270,13 @@ def unpack_packets(
         missing[sel] = False
     book = bundle.codebook(k)
     method, net = _recovery_choice(bundle, method, bool(missing.any()))
-    idx = recovery.recover(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts, method,
-                           bundle.model.quantize.cosine, net, k)  # fmt: skip
+    idx, soft = recovery.recover_soft(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts,
+                                      method, bundle.model.quantize.cosine, net, k)  # fmt: skip
+    holes = None if soft is None else (missing, soft[torch.from_numpy(missing)].numpy())
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
     report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, method)
-    enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id)
+    enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id,
+                  holes)  # fmt: skip
     return enc, bundle, report
 
 
@@ -275,7 +284,8 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     """Resolve ``auto`` (masked, else ar, else neighbour) and load the transformer it needs."""
     if method == "auto":
         method = next((kind for kind in ("masked", "ar") if bundle.has_transformer(kind)), "neighbour")
-    return method, bundle.transformer(method) if needed else None
+    kind = recovery.TRANSFORMER.get(method)
+    return method, bundle.transformer(kind) if needed and kind else None
 
 
 def decode_with_report(

@@ -65,3 +65,36 @@ ALL = {"psnr": psnr, "ms_ssim": ms_ssim, "lpips": lpips_alex, "dists": dists}
 
 def score(a: np.ndarray, b: np.ndarray, which: tuple[str, ...] = tuple(ALL)) -> dict[str, float]:
     return {k: ALL[k](a, b) for k in which}
+
+
+class Reference:
+    """An original image scored against many reconstructions (a codec's settings, recovery methods).
+
+    Its LPIPS-Alex and DISTS features are computed on first use and kept, so each later score runs
+    the networks on the reconstruction only: DISTS's VGG16 at full resolution is most of a
+    benchmark's time. Scores are exactly those of ``score(original, reconstruction)``.
+    """
+
+    def __init__(self, original: np.ndarray) -> None:
+        self.original = original
+        self._feats: dict[str, list[torch.Tensor]] = {}
+
+    def _ref(self, name: str, net, x: torch.Tensor) -> list[torch.Tensor]:
+        if name not in self._feats:
+            self._feats[name] = net.feats(x)
+        return self._feats[name]
+
+    @torch.inference_mode()
+    def score(self, rec: np.ndarray, which: tuple[str, ...] = tuple(ALL)) -> dict[str, float]:
+        a = self.original
+        out = {}
+        for k in which:
+            if k == "lpips":
+                net = _lpips_alex()
+                out[k] = float(net.distance(self._ref(k, net, _t(a) / 127.5 - 1), net.feats(_t(rec) / 127.5 - 1))[0])
+            elif k == "dists":
+                net = _dists()
+                out[k] = float(net.distance(self._ref(k, net, _t(a) / 255), net.feats(_t(rec) / 255))[0])
+            else:
+                out[k] = ALL[k](a, rec)
+        return out

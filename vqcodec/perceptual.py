@@ -108,7 +108,8 @@ class LPIPS(nn.Module):
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.eval()
 
-    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped activations of ``x``: computed once for an image compared many times."""
         out = []
         h = (x - self.shift) / self.scale
         start = 0
@@ -119,8 +120,11 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = self._feats(x), self._feats(y)
-        total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        return self.distance(self.feats(x), self.feats(y))
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS from the ``feats`` of both images."""
+        total = torch.zeros(fx[0].shape[0], device=fx[0].device, dtype=fx[0].dtype)
         for a, b, w in zip(fx, fy, self.lins, strict=True):
             d = (_unit(a) - _unit(b)) ** 2
             total = total + F.conv2d(d, w).mean(dim=(1, 2, 3))
@@ -165,7 +169,9 @@ class DISTS(nn.Module):
         self.chns = [3, 64, 128, 256, 512, 512]
         self.eval().requires_grad_(False)
 
-    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The input and the five stages' activations of ``x`` (VGG16 at full resolution is most of
+        DISTS's cost: an image compared many times has them computed once)."""
         out = [x]
         h = (x - self.mean) / self.std
         for s in self.stages:
@@ -174,7 +180,10 @@ class DISTS(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = self._feats(x), self._feats(y)
+        return self.distance(self.feats(x), self.feats(y))
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """DISTS from the ``feats`` of both images."""
         w_sum = self.alpha.sum() + self.beta.sum()
         alpha = torch.split(self.alpha / w_sum, self.chns, dim=1)
         beta = torch.split(self.beta / w_sum, self.chns, dim=1)

@@ -10,10 +10,14 @@ Methods (``--recover``):
   predicted from the indices before it in raster order, earlier holes marked lost, as trained with
   the paper's masking. It cannot see what was received after a hole.
 - ``masked``: the bundle's bidirectional index-map transformer (``vqc train-recovery``), which
-  sees the received indices on every side and fills the holes in a few confident-first rounds;
-  each hole gets the code nearest the probability-weighted mean code vector (on 3 Kodak images at
-  30 % loss, K=64: LPIPS 0.7566 against 0.7581 for the likeliest index and 0.7584 for neighbour).
-  Available when the bundle ships one; then it is the default.
+  sees the received indices on every side and fills the holes in a few confident-first rounds.
+  The decoder is given each hole's probability-weighted mean code vector (l2-normalised), not a
+  code of the book: a blend where the model hesitates costs less than a confident wrong texture.
+  Available when the bundle ships one; then it is the default (cosine books, m = 1; otherwise it
+  behaves as ``masked-index``).
+- ``masked-index``: the same transformer, but each hole gets the code nearest that mean vector, so
+  the recovered map is an ordinary index map (what ``masked`` reports as indices, and what a
+  re-encode of the recovered file would carry). Measured against ``masked`` in docs/results.md.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import torch.nn.functional as F
 
 from vqcodec.errors import VqcUsageError
 
-METHODS = ("none", "neighbour", "ar", "masked")
+METHODS = ("none", "neighbour", "ar", "masked", "masked-index")
+TRANSFORMER = {"ar": "ar", "masked": "masked", "masked-index": "masked"}
+"""The bundle transformer each transformer method needs."""
 DEFAULT = "auto"  # masked when the bundle ships it, else ar, else neighbour (codec._recovery_choice)
 
 
@@ -36,32 +42,44 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, count
         codes: (K, d) code vectors of the K-book (as used for decoding).
         counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
     """
+    return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k)[0]
+
+
+def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
+                 method: str = "neighbour", cosine: bool = True, transformer=None,
+                 k: int = 0) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
+    """``recover``, plus the (h, w, d) latent vectors the decoder should use at the holes instead
+    of the recovered codes (``masked`` with a cosine book and m = 1), else None."""
     if method == "auto":
         method = "masked" if transformer is not None else "neighbour"
     if method not in METHODS:
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
     if not missing.any():  # nothing lost: nothing to predict, whatever the method
-        return indices.copy()
-    if method in ("masked", "ar") and transformer is None:
+        return indices.copy(), None
+    if method in TRANSFORMER and transformer is None:
         hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
-        raise VqcUsageError(f"this model bundle has no {method} recovery transformer (train one: {hint})")
+        raise VqcUsageError(f"this model bundle has no {TRANSFORMER[method]} recovery transformer (train one: {hint})")
     out = indices.copy()
     fill = int(np.argmax(counts))
-    if method == "masked" and not missing.all():
+    if method.startswith("masked") and not missing.all():
         miss = torch.from_numpy(missing)
         book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
+        if method == "masked" and book is not None and out.shape[0] == 1:
+            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book)
+            out[0] = filled.numpy()
+            return out, soft
         for j in range(out.shape[0]):
             out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book).numpy()
-        return out
+        return out, None
     if method == "ar":
         miss = torch.from_numpy(missing)
         for j in range(out.shape[0]):
             out[j] = transformer.predict_raster(torch.from_numpy(out[j]), miss, k).numpy()
-        return out
+        return out, None
     if method == "none" or missing.all():
         out[:, missing] = fill
-        return out
-    return _neighbour(out, missing.copy(), codes, fill, cosine)
+        return out, None
+    return _neighbour(out, missing.copy(), codes, fill, cosine), None
 
 
 def _neighbour(idx: np.ndarray, missing: np.ndarray, codes: torch.Tensor, fill: int, cosine: bool) -> np.ndarray:

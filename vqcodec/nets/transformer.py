@@ -162,9 +162,28 @@ class IndexTransformer(nn.Module):
         probability-weighted mean code vector, a minimum-distortion guess in latent space, instead
         of the single likeliest index, which costs more when the model is unsure.
         """
+        return self._fill(indices, missing, k, steps, codes)[0]
+
+    @torch.inference_mode()
+    def fill_soft(self, indices: torch.Tensor, missing: torch.Tensor, k: int, codes: torch.Tensor,
+                  steps: int = 6) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Like ``fill`` with ``codes``, and also the (h, w, d) expected code vectors of the holes.
+
+        The decoder is given the l2-normalised probability-weighted mean code vector itself rather
+        than the code nearest to it: when the model hesitates between codes, the blend sits
+        between them and the decoder renders something between them, not a confident wrong
+        texture. (Measured on held-out training photos, K=64, 30 % loss: LPIPS-VGG rise 0.025
+        instead of 0.031 for the snapped code; docs/results.md.) The returned indices are the
+        snapped ones, fed back as context between rounds and reported to the caller.
+        """
+        return self._fill(indices, missing, k, steps, codes)
+
+    def _fill(self, indices: torch.Tensor, missing: torch.Tensor, k: int, steps: int,
+              codes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         idx = indices.clone()[None]
         miss = missing.clone()[None]
         total = int(miss.sum())
+        soft = None if codes is None else torch.zeros(idx.numel(), codes.shape[1])
         for step in range(steps):
             left = int(miss.sum())
             if left == 0:
@@ -173,7 +192,8 @@ class IndexTransformer(nn.Module):
             probs = logits.softmax(-1)
             prob, pred = probs.max(-1)
             if codes is not None:  # the code nearest the expected code vector, not the likeliest index
-                pred = (F.normalize(probs @ codes, dim=-1) @ codes.t()).argmax(-1)
+                mean = F.normalize(probs @ codes, dim=-1)
+                pred = (mean @ codes.t()).argmax(-1)
             keep_left = math.floor(total * math.cos(math.pi / 2 * (step + 1) / steps))
             n_fill = max(1, left - keep_left) if step < steps - 1 else left
             conf = prob.masked_fill(~miss, -1.0).flatten()
@@ -181,8 +201,11 @@ class IndexTransformer(nn.Module):
             flat_idx, flat_miss, flat_pred = idx.flatten(), miss.flatten(), pred.flatten()
             flat_idx[chosen] = flat_pred[chosen]
             flat_miss[chosen] = False
+            if soft is not None:
+                soft[chosen] = mean.reshape(-1, codes.shape[1])[chosen]
             idx, miss = flat_idx.view_as(idx), flat_miss.view_as(miss)
-        return idx[0]
+        h, w = indices.shape
+        return idx[0], None if soft is None else soft.view(h, w, -1)
 
     @torch.inference_mode()
     def predict_raster(self, indices: torch.Tensor, missing: torch.Tensor, k: int) -> torch.Tensor:
