@@ -140,6 +140,17 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     assert b.ar_model is not None and b.ar_model.config.causal and b.manifest["recovery_ar"]["steps"] == 3
     out, report = codec.decode_with_report(lossy, b, method="ar")
     assert out.shape == (96, 128, 3) and report.method == "ar"
+    enc, _, _ = codec.unpack_packets(lossy, b, method="ar")  # soft too: expected vectors at the holes
+    assert enc.hole_latents[0].sum() == report.missing_positions
+    assert np.array_equal(
+        enc.indices[0],
+        b.ar_model.predict_raster(
+            torch.from_numpy(enc.indices[0]),
+            torch.from_numpy(enc.hole_latents[0]),
+            16,
+            codes=b.model.quantize.codes(b.codebook(16)),
+        ).numpy(),
+    )
     assert codec.decode_with_report(lossy, b)[1].method == "masked"  # auto prefers masked
     intact = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
     for method in (

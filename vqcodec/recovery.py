@@ -8,7 +8,8 @@ Methods (``--recover``):
 
 - ``ar``: the paper's autoregressive transformer (``vqc train-recovery --causal``): each hole is
   predicted from the indices before it in raster order, earlier holes marked lost, as trained with
-  the paper's masking. It cannot see what was received after a hole.
+  the paper's masking. It cannot see what was received after a hole. Decoded from the expected
+  code vector like ``masked`` (below); its index map holds the nearest code.
 - ``masked``: the bundle's bidirectional index-map transformer (``vqc train-recovery``), which
   sees the received indices on every side and fills the holes in a few confident-first rounds.
   The decoder is given each hole's probability-weighted mean code vector (l2-normalised), not a
@@ -73,6 +74,11 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, 
         return out, None
     if method == "ar":
         miss = torch.from_numpy(missing)
+        book = F.normalize(codes.float(), dim=1) if cosine else None
+        if book is not None and out.shape[0] == 1:
+            filled, soft = transformer.predict_raster_soft(torch.from_numpy(out[0]), miss, k, book)
+            out[0] = filled.numpy()
+            return out, soft
         for j in range(out.shape[0]):
             out[j] = transformer.predict_raster(torch.from_numpy(out[j]), miss, k).numpy()
         return out, None

@@ -208,11 +208,22 @@ class IndexTransformer(nn.Module):
         return idx[0], None if soft is None else soft.view(h, w, -1)
 
     @torch.inference_mode()
-    def predict_raster(self, indices: torch.Tensor, missing: torch.Tensor, k: int) -> torch.Tensor:
+    def predict_raster(self, indices: torch.Tensor, missing: torch.Tensor, k: int,
+                       codes: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """Causal models: fill ``missing`` (h, w) holes from the indices before each hole in raster
         order (within its 16x16 tile, as trained), earlier holes marked lost, as trained: one pass
-        for all holes. Deterministic."""
+        for all holes. Deterministic. ``codes``: as in ``fill``."""
+        return self.predict_raster_soft(indices, missing, k, codes)[0]
+
+    @torch.inference_mode()
+    def predict_raster_soft(self, indices: torch.Tensor, missing: torch.Tensor, k: int,
+                            codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """``predict_raster``, plus the (h, w, d) expected code vectors with ``codes`` (see ``fill_soft``)."""
         if not self.config.causal:
             raise ValueError("predict_raster needs a causal transformer")
-        pred = self.tiled(indices, missing, k).argmax(-1)
-        return torch.where(missing, pred, indices)
+        logits = self.tiled(indices, missing, k)
+        if codes is None:
+            return torch.where(missing, logits.argmax(-1), indices), None
+        mean = F.normalize(logits.softmax(-1) @ codes, dim=-1)
+        pred = (mean @ codes.t()).argmax(-1)
+        return torch.where(missing, pred, indices), mean * missing[..., None]
