@@ -135,15 +135,16 @@ def plots(summary: list[dict], out: Path) -> None:
         plt.close(fig)
 
 
-def crops(rows: list[dict], images: list[Path], out: Path, model: str | None, target: float = 0.02) -> None:
+def crops(rows: list[dict], images: list[Path], out: Path, model: list[str] | None, target: float = 0.02) -> None:
     """The same 256x256 crop from each codec at the setting whose bpp is nearest ``target``."""
     from vqcodec.imageio import load_image
 
     name = "kodim23.png" if any(p.name == "kodim23.png" for p in images) else images[0].name
     path = next(p for p in images if p.name == name)
     img = load_image(path).pixels
-    y0, x0 = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
-    tiles = [("original", img[y0 : y0 + 256, x0 : x0 + 256])]
+    n = min(256, *img.shape[:2])
+    y0, x0 = (img.shape[0] - n) // 2, (img.shape[1] - n) // 2
+    tiles = [("original", img[y0 : y0 + n, x0 : x0 + n])]
     for codec in all_codecs(model):
         cand = [r for r in rows if r["codec"] == codec.name and r["image"] == name]
         if not cand:
@@ -152,12 +153,12 @@ def crops(rows: list[dict], images: list[Path], out: Path, model: str | None, ta
         with tempfile.TemporaryDirectory() as tmp:
             _, rec, _, _ = codec.run(img, type(codec.settings[0])(best["setting"]) if codec.settings else best["setting"],
                                      Path(tmp))  # fmt: skip
-        tiles.append((f"{codec.name} {best['bpp']:.3f} bpp", rec[y0 : y0 + 256, x0 : x0 + 256]))
-    canvas = Image.new("RGB", (260 * len(tiles), 280), "white")
+        tiles.append((f"{codec.name} {best['bpp']:.3f} bpp", rec[y0 : y0 + n, x0 : x0 + n]))
+    canvas = Image.new("RGB", ((n + 4) * len(tiles), n + 30), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (label, t) in enumerate(tiles):
-        canvas.paste(Image.fromarray(np.ascontiguousarray(t)), (260 * i + 2, 22))
-        draw.text((260 * i + 4, 4), label, fill="black")
+        canvas.paste(Image.fromarray(np.ascontiguousarray(t)), ((n + 4) * i + 2, 28))
+        draw.text(((n + 4) * i + 4, 2), label.replace(" (", "\n("), fill="black", font_size=10)
     canvas.save(out / "crops.png")
 
 
@@ -166,20 +167,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=KODAK)
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "rd", help="results and the cache (committed)")
     ap.add_argument("--codecs", nargs="*", default=None, help="names to run (default: all available)")
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", "--models", dest="models", nargs="*", default=None,
+                    help="vqcodec bundles to run (default: every installed bundle)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--anchors", nargs="*", default=["BPG", "VVC"], help="codecs the BD-rates are taken against")
     args = ap.parse_args(argv)
     from rich.progress import Progress
 
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     args.out.mkdir(parents=True, exist_ok=True)
-    codecs = usable(args.model, args.codecs)
+    from vqcodec import zoo
+
+    args.models = args.models or zoo.available() or [None]
+    codecs = usable(args.models, args.codecs)
     for c in codecs:
         print(f"{c.name}: {c.version()}; settings {c.settings}")
     cache_path = args.out / "cache.jsonl"
     cache = load_cache(cache_path)
-    todo = [(c.name, [s for s in c.settings if (c.name, str(s), p.name) not in cache], str(p), args.model)
+    todo = [(c.name, [s for s in c.settings if (c.name, str(s), p.name) not in cache], str(p), args.models)
             for c in codecs for p in images]  # fmt: skip
     todo = [t for t in todo if t[1]]
     t0 = time.time()
@@ -214,11 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     for r in summary:
         md.append(f"| {r['codec']} | {r['setting']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | "
                   f"{r['lpips']:.4f} | {r['dists']:.4f} | {r['enc_s']:.2f} | {r['dec_s']:.2f} |")  # fmt: skip
-    md.append(bd_table(summary))
+    md.append(bd_table(summary, tuple(args.anchors)))
     md.append("\nVersions: " + "; ".join(f"{c.name}: {c.version()}" for c in codecs) + "\n")
     (args.out / "bdrate.md").write_text("\n".join(md))
     plots(summary, args.out)
-    crops(rows, images, args.out, args.model)
+    crops(rows, images, args.out, args.models)
     print("\n".join(md))
     print(f"done in {time.time() - t0:.0f}s; outputs in {args.out}")
 

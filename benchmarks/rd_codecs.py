@@ -290,7 +290,7 @@ def select(codecs: list[Codec], names: list[str] | None) -> list[Codec]:
             if c.name.lower() in asked or (c.name.split(" ")[0].lower() in asked - full)]  # fmt: skip
 
 
-def usable(model: str | None, names: list[str] | None) -> list[Codec]:
+def usable(model: str | list[str] | None, names: list[str] | None) -> list[Codec]:
     """The asked-for codecs that can run here; each missing one is skipped with a warning."""
     out = []
     for c in select(all_codecs(model), names):
@@ -305,9 +305,11 @@ def usable(model: str | None, names: list[str] | None) -> list[Codec]:
 ALIASES = {"jxl": "jpeg xl", "jpegxl": "jpeg xl", "hevc": "bpg", "vtm": "vvc"}
 
 
-def all_codecs(model: str | None = None) -> list[Codec]:
+def all_codecs(model: str | list[str] | None = None) -> list[Codec]:
+    """vqcodec with ``model`` (a bundle, several bundles, or the default one), then the others."""
+    models = model if isinstance(model, list) else [model]
     return [
-        VQC(model),
+        *(VQC(m) for m in models),
         BPG(),
         VVC(),
         HEIF(),

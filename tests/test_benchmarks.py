@@ -96,3 +96,34 @@ def test_codec_selection_by_name_alias_and_first_word():
     assert names(["jxl", "vqcodec"]) == ["vqcodec (vqc-small)", "JPEG XL"]
     assert names(["jpeg xl", "webp"]) == ["JPEG XL", "WebP"]
     assert names(["nothing"]) == []
+
+
+@pytest.mark.skipif(not weights_dir().exists(), reason="LPIPS/DISTS weights not present")
+def test_rd_benchmark_writes_every_output_and_resumes(tiny_bundle_dir, tmp_path):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for s in range(2):
+        Image.fromarray(make_image(176, 176, seed=s)).save(data / f"im{s}.png")
+    out = tmp_path / "out"
+    argv = ["--models", str(tiny_bundle_dir), "--data", str(data), "--codecs", "vqcodec", "JPEG", "WebP",
+            "--jobs", "1", "--anchors", "JPEG", "--out", str(out)]  # fmt: skip
+    rd = _load("rd")
+    rd.main(argv)
+    rows = list(csv.DictReader(open(out / "rd.csv")))
+    n_vqc = len(zoo.load_model(tiny_bundle_dir).codebook_sizes)
+    assert len(rows) == 2 * (n_vqc + 3 + 3)  # images x (every K + JPEG's and WebP's three settings)
+    for r in rows:
+        assert float(r["bpp"]) == pytest.approx(int(r["bytes"]) * 8 / 176**2)
+        assert float(r["lpips"]) > 0 and 0 < float(r["dists"]) < 1 and 0 < float(r["ms_ssim"]) <= 1
+    jpeg = sorted(
+        (r for r in rows if r["codec"] == "JPEG" and r["image"] == "im0.png"), key=lambda r: int(r["setting"])
+    )
+    assert [int(r["setting"]) for r in jpeg] == [1, 3, 5] and float(jpeg[0]["bytes"]) < float(jpeg[-1]["bytes"])
+    md = (out / "bdrate.md").read_text()
+    assert "BD-rate against JPEG" in md and "| WebP |" in md
+    for f in ("rd_summary.csv", "rd_psnr.png", "rd_lpips.png", "crops.png"):
+        assert (out / f).stat().st_size > 0
+    assert Image.open(out / "crops.png").size[0] == (176 + 4) * 4  # original + three codecs
+    cache = (out / "cache.jsonl").read_text()
+    rd.main(argv)  # all cached: nothing measured again
+    assert (out / "cache.jsonl").read_text() == cache
