@@ -425,6 +425,14 @@ def train_recovery(ctx: typer.Context) -> None:
     transformer.main(list(ctx.args))
 
 
+@app.command("pack-data", context_settings=_PASSTHROUGH)
+def pack_data(ctx: typer.Context) -> None:
+    """Pack training photos and loss weights into one folder for an accelerator (options: vqc pack-data --help)."""
+    from vqcodec.train import pack
+
+    pack.main(list(ctx.args))
+
+
 @app.command("import-taming", context_settings=_PASSTHROUGH)
 def import_taming(ctx: typer.Context) -> None:
     """Import a taming-transformers f=16 VQModel checkpoint as a bundle.

@@ -39,8 +39,13 @@ def weights_dir() -> Path:
 
 
 def _package_data(package: str, *parts: str) -> Path:
+    """A data file of an installed package, or its copy in ``weights_dir()/<package>/`` (what
+    ``vqc pack-data`` writes for a machine without the package)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        copy = weights_dir().joinpath(package, *parts)
+        if copy.is_file():
+            return copy
         raise FileNotFoundError(f"package {package!r} is not installed (pip install 'vqcodec[metrics]')")
     return Path(list(spec.submodule_search_locations)[0], *parts)
 
@@ -73,10 +78,13 @@ def load_backbone(net: str, wdir: Path | None = None) -> nn.Sequential:
     path = (wdir or weights_dir()) / _WEIGHT_FILES[net]
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path} (set VQC_WEIGHTS)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    feats.load_state_dict({k.split(".", 1)[1]: v for k, v in sd.items()})
+    sd = {k.split(".", 1)[1]: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    # a packed copy (vqc pack-data) keeps only the first layers, in fp16: cut the network there
+    depth = max(int(k.split(".")[0]) for k in sd) + 2  # the ReLU after the last conv
+    feats = feats[:depth] if depth < len(feats) else feats
+    feats.load_state_dict(sd)
     feats.eval().requires_grad_(False)
-    return feats
+    return feats.float()
 
 
 def _unit(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -97,6 +105,8 @@ class LPIPS(nn.Module):
             raise ValueError("net must be 'alex' or 'vgg' and layers in 1..5")
         feats = load_backbone(net, wdir)
         taps = _TAPS[net][:layers]
+        if len(feats) < taps[-1]:
+            raise ValueError(f"the {net} weights found stop at layer {len(feats)}: {layers} LPIPS taps need {taps[-1]}")
         self.features = feats[: taps[-1]]
         self.taps = taps
         lin = torch.load(_package_data("lpips", "weights", "v0.1", f"{net}.pth"), map_location="cpu",
@@ -154,6 +164,8 @@ class DISTS(nn.Module):
     def __init__(self, wdir: Path | None = None) -> None:
         super().__init__()
         vgg = load_backbone("vgg", wdir)
+        if len(vgg) < 30:
+            raise ValueError(f"DISTS needs all 13 VGG16 conv layers; the weights found stop at layer {len(vgg)}")
         cuts = [(0, 4), (5, 9), (10, 16), (17, 23), (24, 30)]
         chans = [64, 128, 256, 512]
         stages = []

@@ -29,12 +29,14 @@ def list_images(root: Path) -> list[Path]:
 
 
 def split_holdout(files: list[Path], n_val: int) -> tuple[list[Path], list[Path]]:
-    """A fixed validation subset chosen by a hash of the file name (stable as the set grows).
+    """A fixed validation subset chosen by a hash of the file stem (stable as the set grows).
 
-    At most a quarter of the files are held out, so a tiny folder still leaves training data.
+    The stem, not the name, so that a re-encoded copy (``vqc pack-data``: PNGs become JPEGs for
+    the accelerator) holds out the same photos. At most a quarter of the files are held out, so a
+    tiny folder still leaves training data.
     """
     n_val = min(n_val, len(files) // 4)
-    keyed = sorted(files, key=lambda p: hashlib.sha256(p.name.encode()).hexdigest())
+    keyed = sorted(files, key=lambda p: hashlib.sha256(p.stem.encode()).hexdigest())
     val = set(keyed[:n_val])
     return [p for p in files if p not in val], [p for p in files if p in val]
 
