@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from vqcodec.entropy import FrequencyTable
 from vqcodec.errors import VqcModelError, VqcUsageError
-from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder
+from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder, quantizer_record
 
 DEFAULT_MODEL = "vqc-small"
 MANIFEST = "manifest.json"
@@ -308,7 +308,7 @@ def save_bundle(
         "model_id": model_id,
         "arch": arch,
         "config": model.config.to_dict(),
-        "quantizer": {"type": "vq", "m": 1, "cosine": model.config.cosine},
+        "quantizer": quantizer_record(model.quantize),
         "codebook_sizes": sorted(int(k) for k in codebooks),
         "files": files,
         "training": training,
