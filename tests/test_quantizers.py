@@ -14,8 +14,9 @@ from vqcodec.cli import main
 from vqcodec.nets.dual import DualCodebookVQ
 from vqcodec.nets.looc import LoocVQ, depth_to_space, space_to_depth
 from vqcodec.nets.quantizers import CosineVQ
+from vqcodec.perceptual import weights_dir
 
-from .conftest import QUANTIZER_CONFIGS, make_image
+from .conftest import QUANTIZER_CONFIGS, REPO, make_image
 
 KINDS = {
     "vq": lambda: CosineVQ(32, 8),
@@ -177,3 +178,22 @@ def test_cli_encode_decode_corrupt_recover_info(quantizer_bundles, quantizer, tm
         assert np.asarray(Image.open(tmp_path / f"{method}.png")).shape == (40, 72, 3)
     code, cap = run("encode", photo, "-o", vqc, "-k", 16, "--model", f"tiny-{quantizer}", "--entropy", "context")
     assert code != 0 and "m = 2" in cap.err and "Traceback" not in cap.err
+
+
+@pytest.mark.skipif(not weights_dir().exists(), reason="LPIPS/DISTS weights not present")
+def test_comparison_benchmark_runs(quantizer_bundles, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quantizers_bench", REPO / "benchmarks" / "quantizers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.fromarray(make_image(48, 64, 5)).save(data / "a.png")
+    args = ["--data", data, "--out", tmp_path / "out", "--no-dists"]
+    for q, ks in (("vq", "8"), ("looc-x", "8"), ("dual", "8")):
+        args += ["--bundle", f"{q}={quantizer_bundles[q]}:{ks}"]
+    bench.main(list(map(str, args)))
+    out = capsys.readouterr().out
+    assert "| looc-x (extrapolate off at test) | 8 | 2 |" in out and "| dual | 8 | 2 | 6.00 |" in out
+    assert (tmp_path / "out" / "quantizers.csv").read_text().count("\n") == 5  # header + 4 variants

@@ -250,6 +250,9 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     manifest = _read_manifest(path)
     try:
         cfg = AutoencoderConfig.from_dict(manifest["config"])
+        kind = manifest.get("quantizer", {}).get("type", "vq")
+        if kind != cfg.quantizer:
+            raise VqcModelError(f"{path}: manifest says quantizer {kind!r}, config says {cfg.quantizer!r}")
         model = _checked_build(path, build_autoencoder, cfg)
         sd = load_file(_verified(path, manifest, WEIGHTS))
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
