@@ -27,6 +27,8 @@ from vqcodec.nets.looc import LoocVQ
 from vqcodec.nets.quantizers import CosineVQ
 
 QUANTIZERS = ("vq", "looc", "dual")
+MAX_PLANES = 16
+"""Index planes per position a .vqc header can declare (docs/bitstream.md)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ def build_quantizer(cfg: AutoencoderConfig) -> nn.Module:
             raise ValueError("plain VQ has m = 1 and no extrapolation")
         return CosineVQ(cfg.n_embed, cfg.embed_dim, cosine=cfg.cosine)
     if cfg.quantizer == "looc":
+        if cfg.m * (4 if cfg.extrapolate else 1) > MAX_PLANES:
+            raise ValueError(f"LooC with m = {cfg.m}{' and extrapolation' if cfg.extrapolate else ''} needs more "
+                             f"than the {MAX_PLANES} index planes per position a .vqc file can carry")  # fmt: skip
         return LoocVQ(cfg.n_embed, cfg.embed_dim, groups=cfg.m, extrapolate=cfg.extrapolate, normalize=cfg.cosine)
     if cfg.quantizer == "dual":
         if cfg.m != 2 or cfg.extrapolate:

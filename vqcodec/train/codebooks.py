@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=200, help="training photos used for statistics")
     ap.add_argument("--max-side", type=int, default=768)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--note", default="", help="how this run was trained, stored in the training record")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         "reduction": "usage-weighted K-means (scikit-learn, n_init=4, seed 0) of each base codebook",
         "quantizer": quantizer_record(model.quantize),
         "finetuned": False,
+        **({"note": args.note} if args.note else {}),
     }
     manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training)
     print(json.dumps({k: manifest[k] for k in ("name", "model_id", "codebook_sizes")}))
