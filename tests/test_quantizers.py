@@ -197,3 +197,24 @@ def test_comparison_benchmark_runs(quantizer_bundles, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| looc-x (extrapolate off at test) | 8 | 2 |" in out and "| dual | 8 | 2 | 6.00 |" in out
     assert (tmp_path / "out" / "quantizers.csv").read_text().count("\n") == 5  # header + 4 variants
+
+
+@pytest.mark.parametrize("quantizer", ["looc-x", "dual"])
+def test_damaged_m_above_1_files_decode_or_fail_in_one_line(quantizer_bundles, quantizer):
+    """Bit errors in plain and packetized m > 1 files: a recovered picture or a VqcError, nothing else."""
+    from vqcodec.errors import VqcError
+
+    bundle = zoo.load_model(quantizer_bundles[quantizer])
+    img = make_image(40, 56, 4)
+    enc = codec.analyze(img, bundle, 8)
+    for packets in (0, 4):
+        data = codec.pack(enc, bundle, packets=packets)
+        rng = np.random.default_rng(packets)
+        for _ in range(12):
+            bad = bytearray(data)
+            for pos in rng.integers(0, len(bad), 3):
+                bad[pos] ^= 1 << int(rng.integers(0, 8))
+            try:
+                assert codec.decode(bytes(bad), bundle, method="neighbour").shape == img.shape
+            except VqcError:
+                pass
