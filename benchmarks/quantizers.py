@@ -42,7 +42,7 @@ def toggled(bundle: Bundle) -> Bundle:
     model = build_autoencoder(cfg)
     model.load_state_dict(bundle.model.state_dict())
     model.eval().requires_grad_(False)
-    return dataclasses.replace(bundle, model=model, _transformers={})
+    return dataclasses.replace(bundle, model=model, _transformers={}, planes={})  # m changed: pooled tables
 
 
 def parameters(bundle: Bundle) -> dict[str, int]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vqcodec.nets.autoencoder import ARCHS, AutoencoderConfig, build_autoencoder, register_arch
-from vqcodec.train.codebooks import build_books, collect_latents, collect_parts
+from vqcodec.train.codebooks import build_books, collect_latents, collect_maps, collect_parts, plane_tables
 from vqcodec.zoo import load_model, save_bundle
 
 TINY = AutoencoderConfig(
@@ -69,7 +69,9 @@ def build_tiny_bundle(folder: Path, seed: int = 0, name: str = "tiny", quantizer
     else:
         latents = collect_parts(model, images)
     books, tables, stats = build_books(model, latents, sizes=(8, 16, 32, 64))
-    save_bundle(folder, name, model, "test-tiny", books, tables, {"steps": 0, "seed": seed})
+    # per-plane tables for two of the m > 1 bundles; tiny-looc keeps the pooled table (both paths tested)
+    planes = plane_tables(model, collect_maps(model, images), books) if quantizer in ("looc-x", "dual") else None
+    save_bundle(folder, name, model, "test-tiny", books, tables, {"steps": 0, "seed": seed}, plane_tables=planes)
     return folder
 
 

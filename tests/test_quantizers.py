@@ -127,6 +127,8 @@ def test_bundle_round_trip(quantizer_bundles, quantizer, monkeypatch):
     want = {"vq": ("vq", 1), "looc": ("looc", 2), "looc-x": ("looc", 8), "dual": ("dual", 2)}[quantizer]
     assert (bundle.manifest["quantizer"]["type"], bundle.m) == want
     k0 = bundle.model.config.n_embed
+    planes = bundle.plane_tables(8)
+    assert (planes is not None) == (quantizer in ("looc-x", "dual")) and (planes is None or len(planes) == bundle.m)
     assert bundle.codebook_sizes == [k for k in (8, 16, 32, 64) if k <= k0]
     img = make_image(40, 72, 1)
     for k in bundle.codebook_sizes[:2]:
@@ -218,3 +220,17 @@ def test_damaged_m_above_1_files_decode_or_fail_in_one_line(quantizer_bundles, q
                 assert codec.decode(bytes(bad), bundle, method="neighbour").shape == img.shape
             except VqcError:
                 pass
+
+
+def test_per_plane_tables_round_trip():
+    from vqcodec import entropy
+    from vqcodec.errors import VqcFormatError
+
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.integers(0, 4, 50), rng.integers(8, 16, 50)])  # two planes, different statistics
+    tables = [entropy.FrequencyTable.from_indices(p, 16) for p in idx]
+    data = entropy.encode_planes(idx, tables)
+    assert np.array_equal(entropy.decode_planes(data, tables, idx.size), idx.ravel())
+    assert len(data) < len(entropy.encode_static(idx, entropy.FrequencyTable.from_indices(idx, 16)))
+    with pytest.raises(VqcFormatError):
+        entropy.decode_planes(data, tables, 101)

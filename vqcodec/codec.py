@@ -134,6 +134,9 @@ def _context_net(bundle: Bundle, k: int):
 
 def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> bytes:
     if mode == CodingMode.STATIC:
+        planes = bundle.plane_tables(k)
+        if planes:
+            return entropy.encode_planes(indices, planes)
         return entropy.encode_static(indices, bundle.table(k))
     if mode == CodingMode.RAW:
         return entropy.encode_raw(indices, k)
@@ -146,6 +149,9 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
 
 def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int, shape=None) -> np.ndarray:
     if mode == CodingMode.STATIC:
+        planes = bundle.plane_tables(k)
+        if planes:
+            return entropy.decode_planes(payload, planes, count)
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)

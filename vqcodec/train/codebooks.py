@@ -58,16 +58,39 @@ def reduce_codebook(codes: torch.Tensor, usage: np.ndarray, k: int, cosine: bool
 
 
 @torch.inference_mode()
-def collect_parts(model: VQAutoencoder, images: list[np.ndarray]) -> list[torch.Tensor]:
-    """What each of the quantizer's books quantizes on whole photos: one (N_j, d_j) tensor per
-    book (plain VQ: the latents; LooC: all sub-vectors, after the 2x upsampling when
-    extrapolating; dual: the global and the local halves)."""
+def collect_maps(model: VQAutoencoder, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Pre-quantization latent maps (1, d, h, w) of whole photos."""
     model.eval()
-    per_image = []
+    out = []
     for img in images:
         x = torch.from_numpy(pad_to_multiple(img, model.stride)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        per_image.append(model.quantize.parts(model.encode_latent(x)))
+        out.append(model.encode_latent(x))
+    return out
+
+
+@torch.inference_mode()
+def collect_parts(
+    model: VQAutoencoder, images: list[np.ndarray], maps: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """What each of the quantizer's books quantizes on whole photos: one (N_j, d_j) tensor per
+    book (plain VQ: the latents; LooC: all sub-vectors, after the 2x upsampling when
+    extrapolating; dual: the global and the local halves). ``maps``: ``collect_maps``'s, if at hand."""
+    per_image = [model.quantize.parts(z) for z in (maps if maps is not None else collect_maps(model, images))]
     return [torch.cat(p) for p in zip(*per_image, strict=True)]
+
+
+@torch.inference_mode()
+def plane_tables(
+    model: VQAutoencoder, maps: list[torch.Tensor], books: dict[int, torch.Tensor]
+) -> dict[int, list[FrequencyTable]]:
+    """For m > 1: per K, one frequency table per index plane, from the real index maps of ``maps``
+    (LooC's sub-vector groups and dual's two books have different statistics)."""
+    q = model.quantize
+    out = {}
+    for k, book in books.items():
+        idx = torch.cat([q.quantize(z, book).reshape(q.m, -1) for z in maps], dim=1).numpy()
+        out[k] = [FrequencyTable.from_indices(idx[j], k) for j in range(q.m)]
+    return out
 
 
 def build_books(
@@ -136,7 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
     images = [load_rgb(files[i], args.max_side) for i in pick]
-    books, tables, stats = build_books(model, collect_parts(model, images))
+    maps = collect_maps(model, images)
+    books, tables, stats = build_books(model, collect_parts(model, images, maps))
+    planes = plane_tables(model, maps, books) if model.quantize.m > 1 else None
+    for k, ts in (planes or {}).items():
+        n = sum(int(t.counts.sum()) for t in ts)  # bits per index with the per-plane tables, for the record
+        stats[k]["plane_bits_per_index"] = round(sum(t.entropy_bits() * int(t.counts.sum()) for t in ts) / n, 4)
     training = {
         "steps": int(state["step"]),
         "seconds": round(float(state["elapsed"])),
@@ -151,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "finetuned": False,
         **({"note": args.note} if args.note else {}),
     }
-    manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training)
+    manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training, plane_tables=planes)
     print(json.dumps({k: manifest[k] for k in ("name", "model_id", "codebook_sizes")}))
     for k, s in stats.items():
         print(
