@@ -89,6 +89,35 @@ def table(summary: list[dict], which: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def matched(summary: list[dict], targets: list[float], metric: str) -> dict[str, list[float | None]]:
+    """Each variant's ``metric`` at each target bpp, linear in log(bpp) between its two nearest points
+    (None outside the bpp range the variant covers)."""
+    out = {}
+    for variant in dict.fromkeys(s["variant"] for s in summary):
+        pts = sorted((s["bpp"], s[metric]) for s in summary if s["variant"] == variant)
+        vals = []
+        for t in targets:
+            v = None
+            for (b0, m0), (b1, m1) in zip(pts, pts[1:], strict=False):
+                if b0 <= t <= b1:
+                    w = (np.log(t) - np.log(b0)) / (np.log(b1) - np.log(b0))
+                    v = m0 + w * (m1 - m0)
+                    break
+            vals.append(v)
+        out[variant] = vals
+    return out
+
+
+def matched_table(summary: list[dict], targets: list[float], which: tuple[str, ...]) -> str:
+    lines = ["| variant | " + " | ".join(f"{m} @ {t} bpp" for m in which for t in targets) + " |",
+             "|---|" + "---|" * (len(which) * len(targets))]  # fmt: skip
+    per = {m: matched(summary, targets, m) for m in which}
+    for variant in per[which[0]]:
+        cells = [per[m][variant][i] for m in which for i in range(len(targets))]
+        lines.append(f"| {variant} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_bundle(spec: str) -> tuple[str, str, list[int]]:
     try:
         label, rest = spec.split("=", 1)
@@ -100,7 +129,9 @@ def parse_bundle(spec: str) -> tuple[str, str, list[int]]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", action="append", required=True, help="label=bundle-folder:K1,K2,...")
+    ap.add_argument("--bundle", action="append", default=[], help="label=bundle-folder:K1,K2,...")
+    ap.add_argument("--at", type=float, nargs="*", default=[0.025, 0.032], help="bpp targets of the matched table")
+    ap.add_argument("--summary", type=Path, default=None, help="only print the tables of a quantizers.csv")
     ap.add_argument("--data", type=Path, default=KODAK)
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--no-dists", action="store_true", help="skip DISTS (the slow metric)")
@@ -110,6 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     which = ("psnr", "ms_ssim", "lpips") + (() if args.no_dists else ("dists",))
+    if args.summary is not None:
+        summary = [
+            {k: v if k == "variant" else float(v) for k, v in r.items()} for r in csv.DictReader(open(args.summary))
+        ]
+        for r in summary:
+            r["K"], r["m"] = int(r["K"]), int(r["m"])
+        print(table(summary, which) + "\n\n" + matched_table(summary, args.at, ("lpips", "dists", "psnr")))
+        return
+    if not args.bundle:
+        raise SystemExit("give at least one --bundle label=folder:K1,K2 (or --summary quantizers.csv)")
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     if not images:
         raise SystemExit(f"no PNG images in {args.data}")
@@ -147,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                 w.writerows(summary)
     print(f"\nKodak, {len(images)} images\n")
     print(table(summary, which))
+    print("\nAt matched bpp (linear in log bpp between measured points):\n")
+    print(matched_table(summary, args.at, ("lpips", "dists", "psnr")))
     print("\n| variant | quantizer | m | parameters (all) | quantizer parameters | floats in the base book(s) | "
           "train-set usage at base K |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for i in info:
