@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for r in summary:
             r["K"], r["m"] = int(r["K"]), int(r["m"])
-        print(table(summary, which) + "\n\n" + matched_table(summary, args.at, ("lpips", "dists", "psnr")))
+        metrics_at = tuple(m for m in ("lpips", "dists", "psnr") if m in which)
+        print(table(summary, which) + "\n\n" + matched_table(summary, args.at, metrics_at))
         return
     if not args.bundle:
         raise SystemExit("give at least one --bundle label=folder:K1,K2 (or --summary quantizers.csv)")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nKodak, {len(images)} images\n")
     print(table(summary, which))
     print("\nAt matched bpp (linear in log bpp between measured points):\n")
-    print(matched_table(summary, args.at, ("lpips", "dists", "psnr")))
+    print(matched_table(summary, args.at, tuple(m for m in ("lpips", "dists", "psnr") if m in which)))
     print("\n| variant | quantizer | m | parameters (all) | quantizer parameters | floats in the base book(s) | "
           "train-set usage at base K |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for i in info:
