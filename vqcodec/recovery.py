@@ -63,6 +63,8 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor |
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
     if not missing.any():  # nothing lost: nothing to predict, whatever the method
         return indices.copy(), None
+    if indices.shape[0] > 1 and method in TRANSFORMER:
+        method = "neighbour"  # the transformers model m = 1 maps only
     if method in TRANSFORMER and transformer is None:
         hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
         raise VqcUsageError(f"this model bundle has no {TRANSFORMER[method]} recovery transformer (train one: {hint})")
@@ -71,8 +73,6 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor |
     books = list(codes) if isinstance(codes, (list, tuple)) else [codes] * out.shape[0]
     if len(books) != out.shape[0]:
         raise ValueError(f"{len(books)} books for {out.shape[0]} index planes")
-    if out.shape[0] > 1 and method in TRANSFORMER:
-        method = "neighbour"  # the transformers model m = 1 maps only
     codes = books[0]
     if method.startswith("masked") and not missing.all():
         miss = torch.from_numpy(missing)
