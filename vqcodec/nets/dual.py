@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqcodec.nets.looc import nearest_euclidean
-from vqcodec.nets.quantizers import l2norm, reseed_dead_codes
+from vqcodec.nets.quantizers import l2norm, reseed_dead_codes, straight_through
 
 
 class DualCodebookVQ(nn.Module):
@@ -129,8 +129,7 @@ class DualCodebookVQ(nn.Module):
         with torch.no_grad():
             ig, il = nearest_euclidean(zg, g), nearest_euclidean(zl, loc)
         q = torch.cat([F.embedding(ig, g), F.embedding(il, loc)], dim=1)
-        loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
+        q_st, loss = straight_through(flat, q, self.beta)
         if self.training:
             with torch.no_grad():
                 for j, i in enumerate((ig, il)):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqcodec.nets.quantizers import l2norm, reseed_dead_codes
+from vqcodec.nets.quantizers import l2norm, record_usage, reseed_dead_codes, straight_through
 
 
 def nearest_euclidean(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -135,13 +135,9 @@ class LoocVQ(nn.Module):
         with torch.no_grad():
             idx = nearest_euclidean(flat, self.codes())
         q = F.embedding(idx, self.codes())
-        loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
+        q_st, loss = straight_through(flat, q, self.beta)
         if self.training:
-            with torch.no_grad():
-                counts = torch.bincount(idx, minlength=self.codebook_size).float()
-                self.usage.mul_(0.99).add_(counts / max(1, self.m), alpha=0.01)
-                self._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]].detach()
+            record_usage(self, idx, flat, per=self.m)
         return self._assemble(q_st, b, hh, ww), loss, self._planes(idx, b, hh, ww)
 
     @torch.no_grad()

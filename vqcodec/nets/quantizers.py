@@ -38,6 +38,21 @@ def reseed_dead_codes(weight: torch.Tensor, usage: torch.Tensor, latents: torch.
     return int(dead.numel())
 
 
+def straight_through(flat: torch.Tensor, q: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """VQ-VAE's codebook + ``beta`` x commitment loss, and ``q`` with the straight-through gradient."""
+    loss = F.mse_loss(q, flat.detach()) + beta * F.mse_loss(flat, q.detach())
+    return flat + (q - flat).detach(), loss
+
+
+@torch.no_grad()
+def record_usage(module: nn.Module, idx: torch.Tensor, flat: torch.Tensor, per: int = 1) -> None:
+    """Training statistics for dead-code restarts: the usage EMA of each code (``per`` indices per
+    latent counted as one) and a sample of recent vectors (``module._last_latents``)."""
+    counts = torch.bincount(idx, minlength=module.codebook_size).float()
+    module.usage.mul_(0.99).add_(counts / per, alpha=0.01)
+    module._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]].detach()
+
+
 class Quantizer(Protocol):
     """What the codec, the trainer and the K-means reduction need from a quantizer.
 
@@ -179,13 +194,9 @@ class CosineVQ(nn.Module):
         with torch.no_grad():
             idx = self._nearest(flat)
         q = F.embedding(idx, self.codes())
-        loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
+        q_st, loss = straight_through(flat, q, self.beta)
         if self.training:
-            with torch.no_grad():
-                counts = torch.bincount(idx, minlength=self.codebook_size).float()
-                self.usage.mul_(0.99).add_(counts, alpha=0.01)
-                self._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]]
+            record_usage(self, idx, flat)
         z_q = q_st.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return z_q, loss, idx.view(b, 1, h, w)
 
