@@ -6,6 +6,7 @@ not depend on the shipped model, except those marked to use it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from vqcodec.nets.autoencoder import ARCHS, AutoencoderConfig, build_autoencoder, register_arch
-from vqcodec.train.codebooks import build_books, collect_latents
+from vqcodec.train.codebooks import build_books, collect_latents, collect_maps, collect_parts, plane_tables
 from vqcodec.zoo import load_model, save_bundle
 
 TINY = AutoencoderConfig(
@@ -50,13 +51,27 @@ def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def build_tiny_bundle(folder: Path, seed: int = 0, name: str = "tiny") -> Path:
+QUANTIZER_CONFIGS = {
+    "vq": {},
+    "looc": {"quantizer": "looc", "m": 2, "n_embed": 32},
+    "looc-x": {"quantizer": "looc", "m": 2, "n_embed": 32, "extrapolate": True},
+    "dual": {"quantizer": "dual", "m": 2, "n_embed": 32},
+}
+"""The tiny config with each quantizer (looc-x: LooC with extrapolation-by-interpolation)."""
+
+
+def build_tiny_bundle(folder: Path, seed: int = 0, name: str = "tiny", quantizer: str = "vq") -> Path:
     torch.manual_seed(seed)
-    model = build_autoencoder(TINY).eval()
+    model = build_autoencoder(dataclasses.replace(TINY, **QUANTIZER_CONFIGS[quantizer])).eval()
     images = [make_image(64, 96, s) for s in range(4)]
-    latents = collect_latents(model, images)
+    if quantizer == "vq":  # the original route, kept so the tiny VQ bundle's bytes stay as they were
+        latents = collect_latents(model, images)
+    else:
+        latents = collect_parts(model, images)
     books, tables, stats = build_books(model, latents, sizes=(8, 16, 32, 64))
-    save_bundle(folder, name, model, "test-tiny", books, tables, {"steps": 0, "seed": seed})
+    # per-plane tables for two of the m > 1 bundles; tiny-looc keeps the pooled table (both paths tested)
+    planes = plane_tables(model, collect_maps(model, images), books) if quantizer in ("looc-x", "dual") else None
+    save_bundle(folder, name, model, "test-tiny", books, tables, {"steps": 0, "seed": seed}, plane_tables=planes)
     return folder
 
 
@@ -68,6 +83,13 @@ def tiny_bundle_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_bundle_dir):
     return load_model(tiny_bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def quantizer_bundles(tmp_path_factory) -> dict[str, Path]:
+    """One tiny bundle per quantizer (vq, looc, looc-x, dual), all in one models folder."""
+    root = tmp_path_factory.mktemp("qmodels")
+    return {q: build_tiny_bundle(root / f"tiny-{q}", seed=3, name=f"tiny-{q}", quantizer=q) for q in QUANTIZER_CONFIGS}
 
 
 @pytest.fixture()

@@ -171,3 +171,23 @@ def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, pho
     autoencoder.main(common(photos, tmp_path / "full") + ["--init-from", str(src), "--steps", "2", "--lr", "1e-2"])
     with pytest.raises(SystemExit, match="differs"):
         finetune.take_decoder(load_model(src).model, tmp_path / "full" / "last.ckpt")
+
+
+@pytest.mark.parametrize("quantizer,extra,m", [("looc", ["--m", "4", "--extrapolate"], 16), ("dual", [], 2)])
+def test_train_other_quantizer_from_a_bundle_and_export(tiny_bundle_dir, photos, tmp_path, quantizer, extra, m):
+    """``--quantizer`` on a VQ bundle: encoder and decoder kept, new books seeded, trained, exported."""
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    autoencoder.main(common(photos, out) + ["--init-from", str(tiny_bundle_dir), "--steps", "2", "--pixel-steps",
+                     "100", "--quantizer", quantizer, "--codebook-size", "16", *extra])  # fmt: skip
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["config"]["quantizer"] == quantizer
+    old = load_model(tiny_bundle_dir).model.state_dict()
+    assert not torch.equal(state["model"]["decoder.conv_out.weight"], old["decoder.conv_out.weight"].float())
+    codebooks.main([str(out / "last.ckpt"), "--out", str(tmp_path / "bundle"), "--name", "t", "--arch",
+                    "test-tiny", "--data", str(photos), "--images", "4"])  # fmt: skip
+    bundle = load_model(tmp_path / "bundle")
+    assert bundle.manifest["quantizer"]["type"] == quantizer and bundle.m == m
+    assert bundle.codebook_sizes == [8, 16]
+    with pytest.raises(SystemExit, match="m = 1"):
+        autoencoder.main(common(photos, tmp_path / "bad") + ["--quantizer", "vq", "--m", "3"])

@@ -122,6 +122,10 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
 
 
 def _context_net(bundle: Bundle, k: int):
+    if bundle.m != 1:
+        raise VqcUsageError(
+            f"context coding models m = 1 index maps; model {bundle.name!r} has m = {bundle.m}: use --entropy static"
+        )
     net = bundle.recovery_model
     if net is None or k not in net.config.sizes:
         raise VqcUsageError(f"model {bundle.name!r} has no context model for K={k} (train one: vqc train-recovery)")
@@ -130,6 +134,9 @@ def _context_net(bundle: Bundle, k: int):
 
 def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> bytes:
     if mode == CodingMode.STATIC:
+        planes = bundle.plane_tables(k)
+        if planes:
+            return entropy.encode_planes(indices, planes)
         return entropy.encode_static(indices, bundle.table(k))
     if mode == CodingMode.RAW:
         return entropy.encode_raw(indices, k)
@@ -142,6 +149,9 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
 
 def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int, shape=None) -> np.ndarray:
     if mode == CodingMode.STATIC:
+        planes = bundle.plane_tables(k)
+        if planes:
+            return entropy.decode_planes(payload, planes, count)
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
@@ -160,7 +170,7 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
 
 def best_mode(bundle: Bundle, k: int) -> CodingMode:
     """Context coding when the bundle has a context model for K, else static range coding."""
-    net = bundle.recovery_model
+    net = bundle.recovery_model if bundle.m == 1 else None
     return CodingMode.CONTEXT if net is not None and k in net.config.sizes else CodingMode.STATIC
 
 
@@ -269,23 +279,34 @@ def unpack_packets(
         idx[:, sel] = vals.reshape(header.m, -1)
         missing[sel] = False
     book = bundle.codebook(k)
-    method, net = _recovery_choice(bundle, method, bool(missing.any()))
-    idx, soft = recovery.recover_soft(idx, missing, bundle.model.quantize.codes(book), bundle.table(k).counts,
-                                      method, bundle.model.quantize.cosine, net, k)  # fmt: skip
+    method, net, label = _recovery_choice(bundle, method, bool(missing.any()))
+    q = bundle.model.quantize
+    idx, soft = recovery.recover_soft(idx, missing, q.plane_codes(book), bundle.table(k).counts,
+                                      method, q.plane_cosine, net, k)  # fmt: skip
     holes = None if soft is None else (missing, soft[torch.from_numpy(missing)].numpy())
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
-    report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, method)
+    report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label)
     enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id,
                   holes)  # fmt: skip
     return enc, bundle, report
 
 
 def _recovery_choice(bundle: Bundle, method: str, needed: bool):
-    """Resolve ``auto`` (masked, else ar, else neighbour) and load the transformer it needs."""
+    """Resolve ``auto`` (masked, else ar, else neighbour) and load the transformer it needs.
+
+    The transformers model m = 1 index maps: for m > 1 (LooC, dual) every method but ``none``
+    becomes ``neighbour``, and the report says why."""
+    if bundle.m > 1 and method != "none":
+        asked = (
+            ""
+            if method in ("auto", "neighbour")
+            else f" ({method} needs m = 1 index maps, this model has m = {bundle.m})"
+        )
+        return "neighbour", None, "neighbour" + asked
     if method == "auto":
         method = next((kind for kind in ("masked", "ar") if bundle.has_transformer(kind)), "neighbour")
     kind = recovery.TRANSFORMER.get(method)
-    return method, bundle.transformer(kind) if needed and kind else None
+    return method, bundle.transformer(kind) if needed and kind else None, method
 
 
 def decode_with_report(

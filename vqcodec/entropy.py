@@ -105,6 +105,34 @@ def decode_static(payload: bytes, table: FrequencyTable, count: int) -> np.ndarr
     return np.asarray(out, dtype=np.int64)
 
 
+def encode_planes(indices: np.ndarray, tables: list[FrequencyTable]) -> bytes:
+    """Range-code an (m, n) array of indices, plane j with ``tables[j]`` (one coder, plane after plane)."""
+    planes = np.asarray(indices).reshape(len(tables), -1)
+    enc = _RangeEncoder()
+    for sym, table in zip(planes, tables, strict=True):
+        sym = np.ascontiguousarray(sym, dtype=np.int32)
+        if sym.size and (sym.min() < 0 or sym.max() >= table.size):
+            raise ValueError(f"indices must lie in [0, {table.size})")
+        if sym.size:
+            enc.encode(sym, table.model())
+    return _words_to_bytes(enc.get_compressed())
+
+
+def decode_planes(payload: bytes, tables: list[FrequencyTable], count: int) -> np.ndarray:
+    """Inverse of ``encode_planes``: ``count`` indices in all (a multiple of m), flat in (m, n) order."""
+    m = len(tables)
+    if count % m:
+        raise VqcFormatError(f"{count} indices do not split into {m} planes")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    dec = _RangeDecoder(_bytes_to_words(payload))
+    try:
+        out = [np.asarray(dec.decode(t.model(), count // m), dtype=np.int64) for t in tables]
+    except (AssertionError, ValueError, RuntimeError) as e:
+        raise VqcFormatError(f"entropy decoding failed: {e}") from None
+    return np.concatenate(out)
+
+
 def raw_bits(size: int) -> int:
     return max(1, math.ceil(math.log2(size)))
 

@@ -19,6 +19,11 @@ Methods (``--recover``):
 - ``masked-index``: the same transformer, but each hole gets the code nearest that mean vector, so
   the recovered map is an ordinary index map (what ``masked`` reports as indices, and what a
   re-encode of the recovered file would carry). Measured against ``masked`` in docs/results.md.
+
+Index maps with m > 1 planes (LooC, dual codebook): ``none`` and ``neighbour`` work plane by plane,
+each plane with its own book (``codes`` is then a list of m books). The transformers were trained
+on m = 1 maps of a plain-VQ bundle, so ``ar``, ``masked`` and ``masked-index`` fall back to
+``neighbour`` for m > 1 (``codec`` says so in the loss report).
 """
 
 from __future__ import annotations
@@ -35,18 +40,19 @@ TRANSFORMER = {"ar": "ar", "masked": "masked", "masked-index": "masked"}
 DEFAULT = "auto"  # masked when the bundle ships it, else ar, else neighbour (codec._recovery_choice)
 
 
-def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
+def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
             method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0) -> np.ndarray:  # fmt: skip
     """Fill ``indices`` (m, h, w) where ``missing`` (h, w) is True; returns a new array.
 
     Args:
-        codes: (K, d) code vectors of the K-book (as used for decoding).
+        codes: (K, d) code vectors of the K-book (as used for decoding), shared by every plane, or
+            a list of m books, one per index plane (the quantizer's ``plane_codes``).
         counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
     """
     return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k)[0]
 
 
-def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, counts: np.ndarray,
+def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
                  method: str = "neighbour", cosine: bool = True, transformer=None,
                  k: int = 0) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
     """``recover``, plus the (h, w, d) latent vectors the decoder should use at the holes instead
@@ -57,11 +63,17 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, 
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(METHODS)}")
     if not missing.any():  # nothing lost: nothing to predict, whatever the method
         return indices.copy(), None
+    if indices.shape[0] > 1 and method in TRANSFORMER:
+        method = "neighbour"  # the transformers model m = 1 maps only
     if method in TRANSFORMER and transformer is None:
         hint = "vqc train-recovery --causal" if method == "ar" else "vqc train-recovery"
         raise VqcUsageError(f"this model bundle has no {TRANSFORMER[method]} recovery transformer (train one: {hint})")
     out = indices.copy()
     fill = int(np.argmax(counts))
+    books = list(codes) if isinstance(codes, (list, tuple)) else [codes] * out.shape[0]
+    if len(books) != out.shape[0]:
+        raise ValueError(f"{len(books)} books for {out.shape[0]} index planes")
+    codes = books[0]
     if method.startswith("masked") and not missing.all():
         miss = torch.from_numpy(missing)
         book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
@@ -85,12 +97,12 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor, 
     if method == "none" or missing.all():
         out[:, missing] = fill
         return out, None
-    return _neighbour(out, missing.copy(), codes, fill, cosine), None
+    return _neighbour(out, missing.copy(), books, fill, cosine), None
 
 
-def _neighbour(idx: np.ndarray, missing: np.ndarray, codes: torch.Tensor, fill: int, cosine: bool) -> np.ndarray:
+def _neighbour(idx: np.ndarray, missing: np.ndarray, books: list[torch.Tensor], fill: int, cosine: bool) -> np.ndarray:
     m, h, w = idx.shape
-    c = F.normalize(codes, dim=1) if cosine else codes
+    books = [F.normalize(c, dim=1) if cosine else c for c in books]
     kernel = torch.ones(1, 1, 3, 3)
     kernel[0, 0, 1, 1] = 0
     for _ in range(h * w):
@@ -105,6 +117,7 @@ def _neighbour(idx: np.ndarray, missing: np.ndarray, codes: torch.Tensor, fill: 
         best = n_known.masked_fill(~torch.from_numpy(missing), -1)
         target = (best == best.max()).numpy() & missing
         for j in range(m):
+            c = books[j]
             vec = c[torch.from_numpy(idx[j])].permute(2, 0, 1) * known[0]  # (d, h, w), holes zeroed
             summed = F.conv2d(vec[:, None], kernel, padding=1)[:, 0]  # (d, h, w)
             mean = (summed / n_known.clamp_min(1)).permute(1, 2, 0)[torch.from_numpy(target)]

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from vqcodec.entropy import FrequencyTable
 from vqcodec.errors import VqcModelError, VqcUsageError
-from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder
+from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder, quantizer_record
 
 DEFAULT_MODEL = "vqc-small"
 MANIFEST = "manifest.json"
@@ -61,6 +61,7 @@ class Bundle:
     codebooks: dict[int, torch.Tensor] = field(default_factory=dict)
     tables: dict[int, FrequencyTable] = field(default_factory=dict)
     _transformers: dict = field(default_factory=dict)
+    planes: dict[int, list[FrequencyTable]] = field(default_factory=dict)  # m > 1: one table per index plane
 
     def has_transformer(self, kind: str) -> bool:
         """Whether the bundle ships the ``masked`` or ``ar`` transformer (without loading it)."""
@@ -133,6 +134,12 @@ class Bundle:
     def table(self, k: int) -> FrequencyTable:
         self.codebook(k)
         return self.tables[k]
+
+    def plane_tables(self, k: int) -> list[FrequencyTable] | None:
+        """One frequency table per index plane for K (bundles with m > 1 that ship them), else None:
+        the static coder then codes plane j with table j instead of the pooled ``table(k)``."""
+        self.codebook(k)
+        return self.planes.get(k)
 
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -250,6 +257,9 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     manifest = _read_manifest(path)
     try:
         cfg = AutoencoderConfig.from_dict(manifest["config"])
+        kind = manifest.get("quantizer", {}).get("type", "vq")
+        if kind != cfg.quantizer:
+            raise VqcModelError(f"{path}: manifest says quantizer {kind!r}, config says {cfg.quantizer!r}")
         model = _checked_build(path, build_autoencoder, cfg)
         sd = load_file(_verified(path, manifest, WEIGHTS))
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
@@ -270,7 +280,14 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
             raise VqcModelError(f"{path}: codebook or frequency table for K={k} missing")
         codebooks[int(k)] = cb[f"codebook.{k}"].float()
         tables[int(k)] = FrequencyTable(cb[f"freq.{k}"].numpy().astype(np.int64))
-    return Bundle(manifest["name"], path, manifest, model, codebooks, tables)
+    planes = {}
+    m = model.quantize.m
+    for k in manifest["codebook_sizes"]:
+        if f"freq.{k}.0" in cb:
+            if any(f"freq.{k}.{j}" not in cb for j in range(m)):
+                raise VqcModelError(f"{path}: per-plane frequency tables for K={k} incomplete (m = {m})")
+            planes[int(k)] = [FrequencyTable(cb[f"freq.{k}.{j}"].numpy().astype(np.int64)) for j in range(m)]
+    return Bundle(manifest["name"], path, manifest, model, codebooks, tables, planes=planes)
 
 
 def load_model(name_or_path: str | os.PathLike | None = None) -> Bundle:
@@ -289,8 +306,11 @@ def save_bundle(
     training: dict,
     scores: dict | None = None,
     extra: dict | None = None,
+    plane_tables: dict[int, list[FrequencyTable]] | None = None,
 ) -> dict:
-    """Write a bundle (fp16 weights) and its manifest; returns the manifest."""
+    """Write a bundle (fp16 weights) and its manifest; returns the manifest.
+
+    ``plane_tables`` (m > 1): per K, one frequency table per index plane (``freq.<K>.<j>``)."""
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
           if not k.endswith("usage")}  # fmt: skip
@@ -299,6 +319,8 @@ def save_bundle(
     for k in sorted(codebooks):
         cb[f"codebook.{k}"] = codebooks[k].detach().float().contiguous()
         cb[f"freq.{k}"] = torch.from_numpy(tables[k].counts.astype(np.int32))
+        for j, t in enumerate((plane_tables or {}).get(k, [])):
+            cb[f"freq.{k}.{j}"] = torch.from_numpy(t.counts.astype(np.int32))
     save_file(cb, str(folder / CODEBOOKS))
     files = {f: sha256_file(folder / f) for f in (WEIGHTS, CODEBOOKS)}
     model_id = hashlib.sha256((files[WEIGHTS] + files[CODEBOOKS]).encode()).hexdigest()[:8]
@@ -308,7 +330,7 @@ def save_bundle(
         "model_id": model_id,
         "arch": arch,
         "config": model.config.to_dict(),
-        "quantizer": {"type": "vq", "m": 1, "cosine": model.config.cosine},
+        "quantizer": quantizer_record(model.quantize),
         "codebook_sizes": sorted(int(k) for k in codebooks),
         "files": files,
         "training": training,

@@ -11,7 +11,7 @@ codebook of 1024 codes.
 Data flow::
 
     x (B,3,H,W) in [-1,1] -> Encoder -> (B,z,H/16,W/16) -> quant_conv -> (B,d,h,w)
-      -> quantizer -> indices (B,1,h,w) -> code vectors (B,d,h,w) -> post_quant_conv -> Decoder -> x_hat
+      -> quantizer -> indices (B,m,h,w) -> code vectors (B,d,h,w) -> post_quant_conv -> Decoder -> x_hat
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqcodec.nets.dual import DualCodebookVQ
+from vqcodec.nets.looc import LoocVQ
 from vqcodec.nets.quantizers import CosineVQ
+
+QUANTIZERS = ("vq", "looc", "dual")
+MAX_PLANES = 16
+"""Index planes per position a .vqc header can declare (docs/bitstream.md)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class AutoencoderConfig:
     n_embed: int = 1024
     cosine: bool = True
     mid_attn: bool = True
+    quantizer: str = "vq"  # vq | looc | dual (QUANTIZERS)
+    m: int = 1  # vq: 1; looc: sub-vectors per latent; dual: 2
+    extrapolate: bool = False  # looc: extrapolation-by-interpolation (4x the index planes)
 
     @property
     def stride(self) -> int:
@@ -95,6 +104,37 @@ register_arch(
         cosine=True,
     ),
 )
+
+
+def build_quantizer(cfg: AutoencoderConfig) -> nn.Module:
+    """The quantizer a config names; ``n_embed`` is the base K (of each book), ``embed_dim`` d.
+
+    ``cosine`` means a cosine lookup for plain VQ, and l2-normalised latents (Euclidean lookup of
+    the parts) for LooC and dual.
+    """
+    if cfg.quantizer == "vq":
+        if cfg.m != 1 or cfg.extrapolate:
+            raise ValueError("plain VQ has m = 1 and no extrapolation")
+        return CosineVQ(cfg.n_embed, cfg.embed_dim, cosine=cfg.cosine)
+    if cfg.quantizer == "looc":
+        if cfg.m * (4 if cfg.extrapolate else 1) > MAX_PLANES:
+            raise ValueError(f"LooC with m = {cfg.m}{' and extrapolation' if cfg.extrapolate else ''} needs more "
+                             f"than the {MAX_PLANES} index planes per position a .vqc file can carry")  # fmt: skip
+        return LoocVQ(cfg.n_embed, cfg.embed_dim, groups=cfg.m, extrapolate=cfg.extrapolate, normalize=cfg.cosine)
+    if cfg.quantizer == "dual":
+        if cfg.m != 2 or cfg.extrapolate:
+            raise ValueError("the dual codebook quantizer has m = 2 and no extrapolation")
+        return DualCodebookVQ(cfg.n_embed, cfg.embed_dim, normalize=cfg.cosine)
+    raise ValueError(f"unknown quantizer {cfg.quantizer!r}; known: {', '.join(QUANTIZERS)}")
+
+
+def quantizer_record(q: nn.Module) -> dict:
+    """What a bundle's manifest says about its quantizer (the decoder needs no flag)."""
+    if isinstance(q, LoocVQ):
+        return {"type": "looc", "m": q.m, "groups": q.groups, "code_dim": q.sub, "extrapolate": q.extrapolate}
+    if isinstance(q, DualCodebookVQ):
+        return {"type": "dual", "m": 2, "code_dim": q.half, "global_transformer_cached": True}
+    return {"type": "vq", "m": 1, "cosine": q.cosine}
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -265,7 +305,7 @@ class VQAutoencoder(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
-        self.quantize = CosineVQ(cfg.n_embed, cfg.embed_dim, cosine=cfg.cosine)
+        self.quantize = build_quantizer(cfg)
 
     @property
     def stride(self) -> int:
@@ -280,7 +320,7 @@ class VQAutoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) -> indices (B,1,H/16,W/16) with the current codebook."""
+        """(B,3,H,W) -> indices (B,m,H/16,W/16) with the current codebook."""
         return self.quantize.quantize(self.encode_latent(x))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
@@ -301,4 +341,13 @@ def build_autoencoder(arch: str | AutoencoderConfig) -> VQAutoencoder:
     return VQAutoencoder(arch)
 
 
-__all__ = ["ARCHS", "AutoencoderConfig", "VQAutoencoder", "build_autoencoder", "register_arch"]
+__all__ = [
+    "ARCHS",
+    "QUANTIZERS",
+    "AutoencoderConfig",
+    "VQAutoencoder",
+    "build_autoencoder",
+    "build_quantizer",
+    "quantizer_record",
+    "register_arch",
+]

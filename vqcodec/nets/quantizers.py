@@ -22,15 +22,75 @@ def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.normalize(x, dim=dim, eps=1e-6)
 
 
+@torch.no_grad()
+def reseed_dead_codes(weight: torch.Tensor, usage: torch.Tensor, latents: torch.Tensor | None, threshold: float) -> int:
+    """Replace the rows of ``weight`` whose ``usage`` EMA is below ``threshold`` by random rows of
+    ``latents`` plus a little noise, and give them the mean usage; returns how many."""
+    if latents is None:
+        return 0
+    dead = (usage < threshold).nonzero().flatten()
+    if dead.numel() == 0:
+        return 0
+    pick = latents[torch.randint(0, latents.shape[0], (dead.numel(),), device=latents.device)]
+    noise = 0.01 * torch.randn_like(pick)
+    weight.data[dead] = pick + noise
+    usage[dead] = usage.mean()
+    return int(dead.numel())
+
+
+def straight_through(flat: torch.Tensor, q: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """VQ-VAE's codebook + ``beta`` x commitment loss, and ``q`` with the straight-through gradient."""
+    loss = F.mse_loss(q, flat.detach()) + beta * F.mse_loss(flat, q.detach())
+    return flat + (q - flat).detach(), loss
+
+
+@torch.no_grad()
+def record_usage(module: nn.Module, idx: torch.Tensor, flat: torch.Tensor, per: int = 1) -> None:
+    """Training statistics for dead-code restarts: the usage EMA of each code (``per`` indices per
+    latent counted as one) and a sample of recent vectors (``module._last_latents``)."""
+    counts = torch.bincount(idx, minlength=module.codebook_size).float()
+    module.usage.mul_(0.99).add_(counts / per, alpha=0.01)
+    module._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]].detach()
+
+
 class Quantizer(Protocol):
-    """What the codec needs from a quantizer."""
+    """What the codec, the trainer and the K-means reduction need from a quantizer.
 
-    codebook_size: int
-    m: int
+    Implemented by ``CosineVQ`` (here), ``LoocVQ`` (``looc.py``) and ``DualCodebookVQ``
+    (``dual.py``). A *codebook* argument is a reduced book in the quantizer's own layout (what a
+    bundle stores per K); None means the trained one.
+    """
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor: ...
+    codebook_size: int  # K of the trained book (each book of a dual quantizer)
+    m: int  # index planes per latent position
+    plane_cosine: bool  # whether recovery compares the codes of a plane by angle (else distance)
+    part_cosine: bool  # whether K-means reduction works on unit vectors
 
-    def dequantize(self, indices: torch.Tensor) -> torch.Tensor: ...
+    def quantize(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d, h, w) -> (B, m, h, w) int64 indices."""
+
+    def dequantize(self, indices: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, m, h, w) -> (B, d, h, w) code vectors."""
+
+    def plane_codes(self, codebook: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The (K, d_j) code vectors each index plane points into (recovery averages them)."""
+
+    def parts(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The (N_j, d_j) vectors each book quantizes, from latents (B, d, h, w)."""
+
+    def base_books(self) -> list[torch.Tensor]:
+        """The trained books, one per part (K-means reduces each)."""
+
+    def nearest(self, vectors: torch.Tensor, book: torch.Tensor, part: int = 0) -> torch.Tensor:
+        """(N, d_j) -> (N,) nearest code of ``book`` (a book of part ``part``)."""
+
+    def join_books(self, books: list[torch.Tensor]) -> torch.Tensor:
+        """One reduced book per part -> the codebook argument of quantize/dequantize."""
+
+    def init_books(self, books: list[torch.Tensor]) -> None:
+        """Seed the trained books, one per part (e.g. K-means of encoder outputs)."""
+
+    def restart_dead_codes(self, threshold: float = 1e-3) -> int: ...
 
 
 class CosineVQ(nn.Module):
@@ -70,6 +130,32 @@ class CosineVQ(nn.Module):
         w = self.embedding.weight if codebook is None else codebook
         return l2norm(w) if self.cosine else w
 
+    @property
+    def plane_cosine(self) -> bool:
+        return self.cosine
+
+    @property
+    def part_cosine(self) -> bool:
+        return self.cosine
+
+    def plane_codes(self, codebook: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return [self.codes(codebook)]
+
+    def parts(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return [z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])]
+
+    def base_books(self) -> list[torch.Tensor]:
+        return [self.embedding.weight.detach().clone()]
+
+    def nearest(self, vectors: torch.Tensor, book: torch.Tensor, part: int = 0) -> torch.Tensor:
+        return self._nearest(vectors, book)
+
+    def join_books(self, books: list[torch.Tensor]) -> torch.Tensor:
+        return books[0]
+
+    def init_books(self, books: list[torch.Tensor]) -> None:
+        self.embedding.weight.data.copy_(books[0].to(self.embedding.weight))
+
     def _prep(self, flat: torch.Tensor) -> torch.Tensor:
         return l2norm(flat) if self.cosine else flat
 
@@ -108,13 +194,9 @@ class CosineVQ(nn.Module):
         with torch.no_grad():
             idx = self._nearest(flat)
         q = F.embedding(idx, self.codes())
-        loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
+        q_st, loss = straight_through(flat, q, self.beta)
         if self.training:
-            with torch.no_grad():
-                counts = torch.bincount(idx, minlength=self.codebook_size).float()
-                self.usage.mul_(0.99).add_(counts, alpha=0.01)
-                self._last_latents = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]]
+            record_usage(self, idx, flat)
         z_q = q_st.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return z_q, loss, idx.view(b, 1, h, w)
 
@@ -124,14 +206,4 @@ class CosineVQ(nn.Module):
 
         Returns how many codes were restarted. Called every few hundred steps by the trainer.
         """
-        latents = getattr(self, "_last_latents", None)
-        if latents is None:
-            return 0
-        dead = (self.usage < threshold).nonzero().flatten()
-        if dead.numel() == 0:
-            return 0
-        pick = latents[torch.randint(0, latents.shape[0], (dead.numel(),), device=latents.device)]
-        noise = 0.01 * torch.randn_like(pick)
-        self.embedding.weight.data[dead] = pick + noise
-        self.usage[dead] = self.usage.mean()
-        return int(dead.numel())
+        return reseed_dead_codes(self.embedding.weight, self.usage, getattr(self, "_last_latents", None), threshold)

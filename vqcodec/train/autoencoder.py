@@ -14,6 +14,10 @@ run folder, but it has the committed bundle).
 one of the bundle's K-means books picked at random: the encoder, the books and so every index map
 stay as they are, so the bundle's context and recovery transformers stay valid, and one decoder
 learns to serve every K. ``vqc finetune --decoder-from <run>/last.ckpt`` puts it into a bundle.
+
+``--quantizer vq|looc|dual`` (with ``--m``, ``--extrapolate``, ``--codebook-size``) picks the
+quantizer; with ``--init-from`` a bundle's encoder and decoder are kept and a different quantizer
+replaces its own, its books seeded by K-means of the encoder's outputs on training crops.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from vqcodec.nets.autoencoder import build_autoencoder
+from vqcodec.nets.autoencoder import ARCHS, QUANTIZERS, AutoencoderConfig, build_autoencoder, build_quantizer
 from vqcodec.nets.discriminator import PatchDiscriminator
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
 
@@ -120,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train post_quant_conv + decoder only, on a random K-means book of --init-from per step",
     )
     ap.add_argument("--restart-every", type=int, default=200, help="dead-code restart period")
+    ap.add_argument("--quantizer", choices=QUANTIZERS, default=None, help="quantizer (default: the arch's or bundle's)")
+    ap.add_argument("--m", type=int, default=None, help="looc: sub-vectors per latent (dual: 2, vq: 1)")
+    ap.add_argument("--extrapolate", action="store_true", help="looc: extrapolation-by-interpolation")
+    ap.add_argument("--codebook-size", type=int, default=None, help="base K (of each book)")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--val-minutes", type=float, default=15.0)
     ap.add_argument("--n-val", type=int, default=8)
@@ -146,7 +154,10 @@ class Trainer:
         torch.manual_seed(args.seed + self.rank)
         self.out: Path = args.out
         self.main = self.rank == 0
-        self.model = build_autoencoder(args.arch).to(self.device)
+        if args.arch not in ARCHS:
+            raise SystemExit(f"unknown architecture {args.arch!r}; known: {', '.join(sorted(ARCHS))}")
+        self.model = build_autoencoder(self._with_quantizer(ARCHS[args.arch])).to(self.device)
+        self.seed_books = False  # a bundle's encoder with a new quantizer: K-means-seed its books
         self.disc = PatchDiscriminator().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -165,6 +176,36 @@ class Trainer:
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
 
+    def _with_quantizer(self, cfg: AutoencoderConfig) -> AutoencoderConfig:
+        """``cfg`` with the quantizer options given on the command line."""
+        import dataclasses
+
+        a = self.args
+        kind = a.quantizer or cfg.quantizer
+        m = a.m if a.m is not None else {"vq": 1, "dual": 2}.get(kind, cfg.m if cfg.quantizer == kind else 2)
+        new = dataclasses.replace(cfg, quantizer=kind, m=m, extrapolate=bool(a.extrapolate) or
+                                  (cfg.extrapolate and kind == cfg.quantizer),
+                                  n_embed=a.codebook_size or (cfg.n_embed if kind == cfg.quantizer else 256))  # fmt: skip
+        try:
+            build_quantizer(new)
+        except ValueError as e:
+            raise SystemExit(f"vqc train: {e}") from None
+        return new
+
+    @torch.no_grad()
+    def _seed_books(self) -> None:
+        """K-means (a few Lloyd rounds) of the quantizer's parts on 32 training crops."""
+        q = self.model.quantize
+        ds = iter(CropStream(self.train_images, self.args.crop, seed=self.args.seed))
+        x = torch.stack([next(ds) for _ in range(32)]).to(self.device)
+        self.model.eval()
+        parts = q.parts(torch.cat([self.model.encode_latent(x[i : i + 8]) for i in range(0, 32, 8)]))
+        self.model.train()
+        g = torch.Generator().manual_seed(self.args.seed)
+        books = [kmeans(p.float(), q.codebook_size, generator=g) for p in parts]
+        q.init_books(books)
+        self.log(f"seeded the {type(q).__name__} books by K-means of {parts[0].shape[0]} encoder vectors")
+
     # ---------------------------------------------------------------- state
     def _start(self) -> None:
         ckpt = self.out / "last.ckpt"
@@ -172,6 +213,10 @@ class Trainer:
             if not ckpt.is_file():
                 raise SystemExit(f"--resume: {ckpt} does not exist")
             state = torch.load(ckpt, map_location=self.device, weights_only=True)
+            cfg = AutoencoderConfig.from_dict(state["config"])
+            if cfg != self.model.config:  # e.g. a run started from a bundle with another quantizer
+                self.model = build_autoencoder(cfg).to(self.device)
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["disc"])
             self.opt.load_state_dict(state["opt"])
@@ -188,8 +233,12 @@ class Trainer:
             from vqcodec.zoo import load_bundle_state
 
             cfg, sd, record = load_bundle_state(self.args.init_from)
-            if cfg != self.model.config:
-                self.model = build_autoencoder(cfg).to(self.device)
+            new = self._with_quantizer(cfg)
+            if (new.quantizer, new.m, new.n_embed) != (cfg.quantizer, cfg.m, cfg.n_embed):
+                sd = {k: v for k, v in sd.items() if not k.startswith("quantize.")}
+                self.seed_books = True
+            if new != self.model.config:
+                self.model = build_autoencoder(new).to(self.device)
                 self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
             self.model.load_state_dict(sd, strict=False)
             if self.args.decoder_only:
@@ -338,7 +387,8 @@ class Trainer:
         if self.step % args.restart_every == 0 and self.step > 0 and not self.books:
             logs["restarted"] = model.quantize.restart_dead_codes()
             if self.ddp:  # keep replicas identical after a restart
-                dist.broadcast(model.quantize.embedding.weight.data, 0)
+                for t in model.quantize.parameters():
+                    dist.broadcast(t.data, 0)
         logs["loss"] = loss.item()
         return logs
 
@@ -368,6 +418,8 @@ class Trainer:
     def run(self) -> None:
         args = self.args
         self._load_images()
+        if self.seed_books:
+            self._seed_books()
         self.model.train()
         log_path = self.out / "log.csv"
         fields = ["step", "phase", "seconds", "sec_per_step", "loss", "l1", "mse", "lpips_vgg", "q", "g", "fm",
@@ -439,6 +491,20 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     """Workers leave SIGINT/SIGTERM to the main process, which stops cleanly and saves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def kmeans(x: torch.Tensor, k: int, rounds: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N, d) -> (k, d) centres by Lloyd's algorithm from a random pick; empty clusters keep their seed."""
+    pick = torch.randperm(x.shape[0], generator=generator)[:k]
+    if pick.numel() < k:  # fewer vectors than codes: repeat them
+        pick = pick[torch.arange(k) % pick.numel()]
+    c = x[pick].clone()
+    for _ in range(rounds):
+        a = torch.cdist(x, c).argmin(1)
+        s = torch.zeros_like(c).index_add_(0, a, x)
+        n = torch.bincount(a, minlength=k).float()[:, None]
+        c = torch.where(n > 0, s / n.clamp_min(1), c)
+    return c
 
 
 class _null:

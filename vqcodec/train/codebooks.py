@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans
 
 from vqcodec.entropy import FrequencyTable
 from vqcodec.imageio import pad_to_multiple
-from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder
+from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder, quantizer_record
 from vqcodec.nets.quantizers import l2norm
 from vqcodec.train.data import list_images, load_rgb, split_holdout
 from vqcodec.zoo import save_bundle
@@ -57,25 +57,78 @@ def reduce_codebook(codes: torch.Tensor, usage: np.ndarray, k: int, cosine: bool
     return torch.from_numpy(km.cluster_centers_).float()
 
 
-def build_books(
-    model: VQAutoencoder, latents: torch.Tensor, sizes=SIZES, seed: int = 0
-) -> tuple[dict[int, torch.Tensor], dict[int, FrequencyTable], dict[int, dict]]:
-    """Reduced codebooks, frequency tables and statistics for every K in ``sizes``."""
+@torch.inference_mode()
+def collect_maps(model: VQAutoencoder, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Pre-quantization latent maps (1, d, h, w) of whole photos."""
+    model.eval()
+    out = []
+    for img in images:
+        x = torch.from_numpy(pad_to_multiple(img, model.stride)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        out.append(model.encode_latent(x))
+    return out
+
+
+@torch.inference_mode()
+def collect_parts(
+    model: VQAutoencoder, images: list[np.ndarray], maps: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """What each of the quantizer's books quantizes on whole photos: one (N_j, d_j) tensor per
+    book (plain VQ: the latents; LooC: all sub-vectors, after the 2x upsampling when
+    extrapolating; dual: the global and the local halves). ``maps``: ``collect_maps``'s, if at hand."""
+    per_image = [model.quantize.parts(z) for z in (maps if maps is not None else collect_maps(model, images))]
+    return [torch.cat(p) for p in zip(*per_image, strict=True)]
+
+
+@torch.inference_mode()
+def plane_tables(
+    model: VQAutoencoder, maps: list[torch.Tensor], books: dict[int, torch.Tensor]
+) -> dict[int, list[FrequencyTable]]:
+    """For m > 1: per K, one frequency table per index plane, from the real index maps of ``maps``
+    (LooC's sub-vector groups and dual's two books have different statistics)."""
     q = model.quantize
-    base = q.embedding.weight.detach().clone()
-    sizes = [k for k in sizes if k <= base.shape[0]]
-    base_idx = q._nearest(latents)
-    usage = np.bincount(base_idx.numpy(), minlength=base.shape[0])
+    out = {}
+    for k, book in books.items():
+        idx = torch.cat([q.quantize(z, book).reshape(q.m, -1) for z in maps], dim=1).numpy()
+        out[k] = [FrequencyTable.from_indices(idx[j], k) for j in range(q.m)]
+    return out
+
+
+def build_books(
+    model: VQAutoencoder, latents: torch.Tensor | list[torch.Tensor], sizes=SIZES, seed: int = 0
+) -> tuple[dict[int, torch.Tensor], dict[int, FrequencyTable], dict[int, dict]]:
+    """Reduced codebooks, frequency tables and statistics for every K in ``sizes``.
+
+    ``latents`` is ``collect_parts``'s list (any quantizer) or, for plain VQ, ``collect_latents``'s
+    tensor. Each book of the quantizer is reduced on its own (LooC: the one shared sub-vector book;
+    dual: the transformed global book and the local book), so a K-book has K codes per part and
+    costs m * log2(K) bits per position before entropy coding. One frequency table per K counts
+    the indices of every plane together.
+    """
+    q = model.quantize
+    parts = [latents] if isinstance(latents, torch.Tensor) else list(latents)
+    bases = q.base_books()
+    if len(parts) != len(bases):
+        raise ValueError(f"{len(parts)} latent parts for {len(bases)} books: use collect_parts")
+    k0 = bases[0].shape[0]
+    sizes = [k for k in sizes if k <= k0]
+    usages = [
+        np.bincount(q.nearest(p, b, j).numpy(), minlength=k0) for j, (p, b) in enumerate(zip(parts, bases, strict=True))
+    ]
     books, tables, stats = {}, {}, {}
     for k in sizes:
-        book = base if k == base.shape[0] else reduce_codebook(base, usage, k, q.cosine, seed)
-        idx = q._nearest(latents, book).numpy()
+        per_part = [
+            b if k == k0 else reduce_codebook(b, u, k, q.part_cosine, seed) for b, u in zip(bases, usages, strict=True)
+        ]
+        idx = np.concatenate([q.nearest(p, b, j).numpy() for j, (p, b) in enumerate(zip(parts, per_part, strict=True))])
         table = FrequencyTable.from_indices(idx, k)
-        books[k], tables[k] = book, table
+        books[k], tables[k] = q.join_books(per_part), table
         used = int((np.bincount(idx, minlength=k) > 0).sum())
         stats[k] = {"used_codes": used, "usage": round(used / k, 4),
                     "bits_per_index": round(table.cost_bits(idx) / idx.size, 4),
                     "uniform_bits": float(np.log2(k))}  # fmt: skip
+        if len(parts) > 1:  # usage of each book (dual: global, local)
+            stats[k]["usage_per_book"] = [round(len(np.unique(q.nearest(p, b, j).numpy())) / k, 4)
+                                          for j, (p, b) in enumerate(zip(parts, per_part, strict=True))]  # fmt: skip
     return books, tables, stats
 
 
@@ -96,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=200, help="training photos used for statistics")
     ap.add_argument("--max-side", type=int, default=768)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--note", default="", help="how this run was trained, stored in the training record")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
     images = [load_rgb(files[i], args.max_side) for i in pick]
-    latents = collect_latents(model, images)
-    books, tables, stats = build_books(model, latents)
+    maps = collect_maps(model, images)
+    books, tables, stats = build_books(model, collect_parts(model, images, maps))
+    planes = plane_tables(model, maps, books) if model.quantize.m > 1 else None
+    for k, ts in (planes or {}).items():
+        n = sum(int(t.counts.sum()) for t in ts)  # bits per index with the per-plane tables, for the record
+        stats[k]["plane_bits_per_index"] = round(sum(t.entropy_bits() * int(t.counts.sum()) for t in ts) / n, 4)
     training = {
         "steps": int(state["step"]),
         "seconds": round(float(state["elapsed"])),
@@ -116,10 +174,12 @@ def main(argv: list[str] | None = None) -> None:
         "args": state.get("args", {}),
         "codebook_stats": {str(k): v for k, v in stats.items()},
         "statistics_images": len(images),
-        "reduction": "usage-weighted K-means (scikit-learn, n_init=4, seed 0) of the base codebook",
+        "reduction": "usage-weighted K-means (scikit-learn, n_init=4, seed 0) of each base codebook",
+        "quantizer": quantizer_record(model.quantize),
         "finetuned": False,
+        **({"note": args.note} if args.note else {}),
     }
-    manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training)
+    manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training, plane_tables=planes)
     print(json.dumps({k: manifest[k] for k in ("name", "model_id", "codebook_sizes")}))
     for k, s in stats.items():
         print(

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_model(args.bundle)
+    if bundle.manifest.get("quantizer", {}).get("type", "vq") != "vq":
+        raise SystemExit(f"vqc finetune: {bundle.name} has a {bundle.manifest['quantizer']['type']} quantizer; "
+                         "codebook fine-tuning is implemented for plain VQ bundles only")  # fmt: skip
     model = bundle.model
     decoder = take_decoder(model, args.decoder_from) if args.decoder_from else None
     files, _ = split_holdout(list_images(args.data), 8)
