@@ -11,7 +11,7 @@ A lent GPU machine gets the repository and at most 64 MiB of carried files, not 
   and LPIPS v0.1's VGG linear layers (``weights/lpips/weights/v0.1/vgg.pth``), found by
   ``vqcodec.perceptual`` through ``VQC_WEIGHTS``.
 
-    vqc pack-data --out .carry             # about 30 MB
+    vqc pack-data --out .carry             # 36 MiB for the 704 photos and the weights
     # on the accelerator:  VQC_WEIGHTS=.carry/weights vqc train --data .carry/train --device cuda ...
 """
 
