@@ -138,6 +138,16 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
                  "--batch", "2", "--crop", "4", "--dim", "32", "--depth", "1", "--causal", "--export"])  # fmt: skip
     b = zoo.load_model(bundle_dir)
     assert b.ar_model is not None and b.ar_model.config.causal and b.manifest["recovery_ar"]["steps"] == 3
+    # a new machine continues the shipped transformer: same architecture, its steps counted on
+    ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-ar2"), "--data", str(photos), "--steps", "5",
+                 "--batch", "2", "--crop", "4", "--causal", "--from-bundle", "--export"])  # fmt: skip
+    b2 = zoo.load_model(bundle_dir)
+    assert b2.manifest["recovery_ar"]["steps"] == 5 and b2.ar_model.config == b.ar_model.config
+    assert any(
+        not torch.equal(a, c)
+        for a, c in zip(b2.ar_model.state_dict().values(), b.ar_model.state_dict().values(), strict=True)
+    )
+    b = b2
     out, report = codec.decode_with_report(lossy, b, method="ar")
     assert out.shape == (96, 128, 3) and report.method == "ar"
     enc, _, _ = codec.unpack_packets(lossy, b, method="ar")  # soft too: expected vectors at the holes

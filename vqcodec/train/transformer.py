@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/datasets/train")
     ap.add_argument("--images", type=int, default=0, help="limit the photos used (0: all)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--from-bundle", action="store_true",
+                    help="start from the transformer the bundle ships (a new machine continues training it)")  # fmt: skip
     ap.add_argument("--causal", action="store_true", help="the paper's autoregressive model (--recover ar)")
     ap.add_argument("--steps", type=int, default=10**9)
     ap.add_argument("--minutes", type=float, default=1e9)
@@ -175,15 +177,27 @@ def main(argv: list[str] | None = None) -> None:
         rng.setstate(state["rng"])
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it")
+    elif args.from_bundle:
+        kind = "ar" if args.causal else "masked"
+        shipped = bundle.transformer(kind)
+        if shipped is None:
+            raise SystemExit(f"{bundle.path} ships no {kind} transformer to start from")
+        cfg = shipped.config
+        model = IndexTransformer(cfg)
+        model.load_state_dict(shipped.state_dict())
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        step = int(bundle.manifest["recovery_ar" if args.causal else "recovery"].get("steps", 0))
+        print(f"starting from {bundle.path}'s {kind} transformer (step {step})", flush=True)
     logf = open(args.out / "log.csv", "a", newline="")
     log = csv.writer(logf)
     t0 = last_save = time.time()
+    warm0 = step if args.from_bundle and not args.resume else 0  # fresh optimizer state: warm up again
     losses: list[float] = []
     while step < args.steps and (time.time() - t0) / 60 < args.minutes:
         k = rng.choice(cfg.sizes)
         x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal)
         for g in opt.param_groups:  # warm-up, then constant
-            g["lr"] = args.lr * min(1.0, (step + 1) / 300)
+            g["lr"] = args.lr * min(1.0, (step - warm0 + 1) / 300)
         logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
         sel = torch.ones_like(m) if cfg.causal else m  # causal: every next index; masked: the holes
         loss = F.cross_entropy(logits[sel], x[sel])
