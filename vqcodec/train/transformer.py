@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from vqcodec.zoo import load_model
+    from vqcodec.zoo import TRANSFORMERS, load_model
 
     bundle = load_model(args.bundle)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         model = IndexTransformer(cfg)
         model.load_state_dict(shipped.state_dict())
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-        step = int(bundle.manifest["recovery_ar" if args.causal else "recovery"].get("steps", 0))
+        step = int(bundle.manifest[TRANSFORMERS[kind][0]].get("steps", 0))
         print(f"starting from {bundle.path}'s {kind} transformer (step {step})", flush=True)
     logf = open(args.out / "log.csv", "a", newline="")
     log = csv.writer(logf)
