@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     cache_path = args.out / "cache.jsonl"
     tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"
     tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}:v3"  # v3: soft masked
+    if "recovery-fill.safetensors" in bundle.manifest["files"]:  # masked then uses the fill model
+        tag += f":fill{bundle.manifest['files']['recovery-fill.safetensors'][:8]}"
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():

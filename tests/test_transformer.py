@@ -74,6 +74,16 @@ def test_soft_fill_gives_unit_mean_vectors_at_the_holes_only():
     assert torch.equal((soft[miss] @ codes.t()).argmax(1), idx[miss])
 
 
+def test_fill_masks_look_like_packet_loss():
+    import random
+
+    rng = random.Random(3)
+    masks = [ttrain.fill_mask(16, 16, rng) for _ in range(300)]
+    ratios = np.array([float(m.float().mean()) for m in masks])
+    assert (ratios > 0).all() and ratios.max() < 0.9  # never an empty or near-empty map
+    assert 0.15 < ratios.mean() < 0.45  # the loss rates a decoder meets (0.05 ... 0.6)
+
+
 def test_training_learns_a_constant_map(tmp_path):
     import random
 
@@ -162,6 +172,21 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
         ).numpy(),
     )
     assert codec.decode_with_report(lossy, b)[1].method == "masked"  # auto prefers masked
+    # a recovery-only model (--task fill) starts from the shared masked one; masked recovery then
+    # uses it, while the context coder keeps the shared model (context-coded files still decode)
+    ctx = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, mode=codec.CodingMode.CONTEXT)
+    with pytest.raises(SystemExit):
+        ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "bad"), "--task", "fill", "--causal"])
+    ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-fill"), "--data", str(photos),
+                 "--steps", "4", "--batch", "2", "--crop", "4", "--task", "fill", "--from-bundle", "--export"])  # fmt: skip
+    bf = zoo.load_model(bundle_dir)
+    assert bf.manifest["recovery_fill"]["steps"] == 4 and "context_levels" not in bf.manifest["recovery_fill"]
+    assert bf.transformer("fill").config == bf.recovery_model.config
+    assert codec._recovery_choice(bf, "masked", True)[1] is bf.transformer("fill")
+    assert codec._recovery_choice(bf, "ar", True)[1] is bf.ar_model
+    assert codec.pack(codec.analyze(make_image(96, 128), bf, 16), bf, mode=codec.CodingMode.CONTEXT) == ctx
+    enc_fill, _, _ = codec.unpack_packets(lossy, bf, method="masked")
+    assert enc_fill.hole_latents[0].sum() == report.missing_positions
     intact = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
     for method in (
         "ar",

@@ -306,6 +306,8 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     if method == "auto":
         method = next((kind for kind in ("masked", "ar") if bundle.has_transformer(kind)), "neighbour")
     kind = recovery.TRANSFORMER.get(method)
+    if kind == "masked" and bundle.has_transformer("fill"):
+        kind = "fill"  # the recovery-only model, trained on packet-loss holes alone
     return method, bundle.transformer(kind) if needed and kind else None, method
 
 

@@ -32,8 +32,15 @@ WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
 RECOVERY = "recovery.safetensors"
 RECOVERY_AR = "recovery-ar.safetensors"
-# kind -> (manifest key, weight file) of the index-map transformers a bundle may ship
-TRANSFORMERS = {"masked": ("recovery", RECOVERY), "ar": ("recovery_ar", RECOVERY_AR)}
+RECOVERY_FILL = "recovery-fill.safetensors"
+# kind -> (manifest key, weight file) of the index-map transformers a bundle may ship: ``masked``
+# serves the context coder (and recovery when there is no ``fill``), ``fill`` is trained on
+# packet-loss holes only, ``ar`` is the paper's autoregressive model
+TRANSFORMERS = {
+    "masked": ("recovery", RECOVERY),
+    "ar": ("recovery_ar", RECOVERY_AR),
+    "fill": ("recovery_fill", RECOVERY_FILL),
+}
 BUNDLE_FORMAT = 1
 
 

@@ -71,6 +71,26 @@ def random_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     return m
 
 
+def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
+    """Training mask of the recovery-only model (``--task fill``): only the losses a decoder meets.
+
+    Holes of randomly lost interleaved packets (70 %: 16 packets, the encoder's default, half the
+    time; each packet lost with a probability drawn from 0.05 ... 0.6), else i.i.d. holes at a ratio
+    up to 0.6. No context-coder groups and no near-empty maps: the shared model spends capacity
+    on those, which recovery never sees."""
+    if rng.random() < 0.3:
+        g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+        m = torch.rand(h, w, generator=g) < rng.uniform(0.05, 0.6)
+    else:
+        packets = 16 if rng.random() < 0.5 else rng.choice([4, 8, 32, 64])
+        rate = rng.uniform(0.05, 0.6)
+        lost = [p for p in range(packets) if rng.random() < rate]
+        m = torch.from_numpy(np.isin(assignment(h, w, packets), lost))
+    if not m.any():
+        m[rng.randrange(h), rng.randrange(w)] = True
+    return m
+
+
 def causal_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     """Inputs marked lost for the autoregressive model: i.i.d. at a ratio up to 0.9, or the holes
     of randomly lost interleaved packets (the paper's masking with a mask ratio)."""
@@ -82,8 +102,9 @@ def causal_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     return torch.from_numpy(np.isin(assignment(h, w, packets), lost))
 
 
-def batch(maps: list[np.ndarray], size: int, n: int, rng: random.Random, causal: bool = False):
-    """``n`` random ``size`` x ``size`` crops (maps smaller than that are skipped) and their masks."""
+def batch(maps: list[np.ndarray], size: int, n: int, rng: random.Random, causal: bool = False, task: str = "all"):
+    """``n`` random ``size`` x ``size`` crops (maps smaller than that are skipped) and their masks
+    (``task`` "fill": the recovery-only masks of ``fill_mask``)."""
     xs, ms = [], []
     fits = [a for a in maps if a.shape[0] >= size and a.shape[1] >= size]
     if not fits:
@@ -92,7 +113,10 @@ def batch(maps: list[np.ndarray], size: int, n: int, rng: random.Random, causal:
         a = fits[rng.randrange(len(fits))]
         y, x = rng.randint(0, a.shape[0] - size), rng.randint(0, a.shape[1] - size)
         xs.append(torch.from_numpy(a[y : y + size, x : x + size].astype(np.int64)))
-        ms.append(causal_mask(size, size, rng) if causal else random_mask(size, size, rng))
+        if causal:
+            ms.append(causal_mask(size, size, rng))
+        else:
+            ms.append(fill_mask(size, size, rng) if task == "fill" else random_mask(size, size, rng))
     return torch.stack(xs), torch.stack(ms)
 
 
@@ -110,13 +134,13 @@ def _load_maps(bundle, files: list[Path], cache: Path) -> dict[int, list[np.ndar
 
 
 @torch.inference_mode()
-def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1) -> dict[int, float]:
-    """Held-out cross-entropy (bits per predicted index) per K on fixed crops and masks."""
+def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1, task: str = "all") -> dict[int, float]:
+    """Held-out cross-entropy (bits per predicted index) per K on fixed crops and masks of ``task``."""
     model.eval()
     out = {}
     for k, v in maps.items():
         try:
-            x, m = batch(v, size, 32, random.Random(seed), model.config.causal)
+            x, m = batch(v, size, 32, random.Random(seed), model.config.causal, task)
         except ValueError:  # no held-out map this large
             continue
         logits = model(x, m, k)
@@ -136,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--from-bundle", action="store_true",
                     help="start from the transformer the bundle ships (a new machine continues training it)")  # fmt: skip
     ap.add_argument("--causal", action="store_true", help="the paper's autoregressive model (--recover ar)")
+    ap.add_argument("--task", choices=["all", "fill"], default="all",
+                    help="masked model: all = recovery and the context coder's groups (the bundle's 'masked'); "
+                         "fill = packet-loss holes only (the bundle's 'fill', used by --recover masked)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=10**9)
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--crop", type=int, default=16)
@@ -151,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--context-levels", type=int, default=2, choices=[1, 2],
                     help="lattice levels of the context coder's group order (masked model): 2 = 7 groups")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.causal and args.task != "all":
+        ap.error("--task fill trains the bidirectional model: drop --causal")
     if args.threads:
         torch.set_num_threads(args.threads)
     from vqcodec.zoo import TRANSFORMERS, load_model
@@ -178,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it")
     elif args.from_bundle:
-        kind = "ar" if args.causal else "masked"
+        kind = _kind(args)
+        if kind == "fill" and not bundle.has_transformer("fill"):
+            kind = "masked"  # a first fill model starts from the shared masked one
         shipped = bundle.transformer(kind)
         if shipped is None:
             raise SystemExit(f"{bundle.path} ships no {kind} transformer to start from")
@@ -195,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     losses: list[float] = []
     while step < args.steps and (time.time() - t0) / 60 < args.minutes:
         k = rng.choice(cfg.sizes)
-        x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal)
+        x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal, args.task)
         for g in opt.param_groups:  # warm-up, then constant
             g["lr"] = args.lr * min(1.0, (step - warm0 + 1) / 300)
         logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
@@ -208,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         losses.append(loss.item())
         if step % 100 == 0:
-            val = evaluate(model, val_maps, args.crop) if step % 500 == 0 else {}
+            val = evaluate(model, val_maps, args.crop, task=args.task) if step % 500 == 0 else {}
             log.writerow([step, round(float(np.mean(losses)), 4), round(time.time() - t0),
                           *[round(val.get(kk, float("nan")), 4) for kk in cfg.sizes]])  # fmt: skip
             logf.flush()
@@ -220,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             last_save = time.time()
     _save(ckpt, model, opt, step, rng, cfg)
     logf.close()
-    val = evaluate(model, val_maps, args.crop)
+    val = evaluate(model, val_maps, args.crop, task=args.task)
     print("held-out bits/index " + " ".join(f"K{k}={v:.3f}" for k, v in val.items()), flush=True)
     if args.export:
         from vqcodec.zoo import save_recovery
@@ -228,9 +259,14 @@ def main(argv: list[str] | None = None) -> None:
         save_recovery(bundle.path, model.eval(), {"steps": step, "crop": args.crop, "batch": args.batch,
                                                   "held_out_bits_per_index": {str(k): round(v, 4) for k, v in val.items()},
                                                   "data": "index maps of training photos and their mirror images (never Kodak)",
-                                                  **({} if cfg.causal else {"context_levels": args.context_levels})},
-                      kind="ar" if cfg.causal else "masked")  # fmt: skip
-        print(f"{'ar' if cfg.causal else 'masked'} transformer stored in {bundle.path}")
+                                                  **({"context_levels": args.context_levels} if _kind(args) == "masked" else {})},
+                      kind=_kind(args))  # fmt: skip
+        print(f"{_kind(args)} transformer stored in {bundle.path}")
+
+
+def _kind(args) -> str:
+    """The bundle transformer a run trains: ar, masked (recovery + context coder) or fill."""
+    return "ar" if args.causal else "masked" if args.task == "all" else "fill"
 
 
 def _save(path: Path, model, opt, step, rng, cfg) -> None:
