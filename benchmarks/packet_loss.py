@@ -64,10 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     images = [im for i, im in enumerate(images) if i % int(n_shards) in {int(v) for v in picks.split(",")}]
     args.out.mkdir(parents=True, exist_ok=True)
     cache_path = args.out / "cache.jsonl"
-    tag = f"{bundle.name}:{bundle.manifest['model_id']}:{bundle.manifest['files'].get('recovery.safetensors', '')[:8]}"
-    tag += f":{bundle.manifest['files'].get('recovery-ar.safetensors', '')[:8]}:p{args.packets}:v3"  # v3: soft masked
-    if "recovery-fill.safetensors" in bundle.manifest["files"]:  # masked then uses the fill model
-        tag += f":fill{bundle.manifest['files']['recovery-fill.safetensors'][:8]}"
+    tag = f"{bundle.name}:{bundle.manifest['model_id']}:p{args.packets}:v4"  # v4: plain (not unit) expected vectors
+    files = bundle.manifest["files"]
+    ar_hash = files.get("recovery-ar.safetensors", "")[:8]
+    masked_hash = files.get("recovery-fill.safetensors", files.get("recovery.safetensors", ""))[:8]
+    # what each method's result depends on besides the autoencoder: a retrained transformer only
+    # invalidates the methods that use it (masked multiplies in ar's prediction)
+    depends = {"ar": ar_hash, "masked": f"{masked_hash}+{ar_hash}", "masked-index": f"{masked_hash}+{ar_hash}"}
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():
@@ -86,16 +89,17 @@ def main(argv: list[str] | None = None) -> None:
                 for loss in args.losses:
                     for seed in range(args.seeds if loss > 0 else 1):
                         for method in methods:
-                            key = f"{tag}|{p.name}|{k}|{loss}|{seed}|{method}"
+                            dep = depends.get(method, "") if loss > 0 else ""  # nothing lost: no network used
+                            key = f"{tag}:{dep}|{p.name}|{k}|{loss}|{seed}|{method}"
                             if key not in cache:
                                 if img is None:
                                     img = load_image(p).pixels
                                     ref = metrics.Reference(img)  # its LPIPS/DISTS features once
                                 if data is None:
                                     data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
-                                if loss == 0 and method != methods[0]:  # nothing lost: same picture
-                                    cache[key] = {**cache[f"{tag}|{p.name}|{k}|{loss}|{seed}|{methods[0]}"], "key": key,
-                                                  "method": method}  # fmt: skip
+                                same = [r for m2 in methods if (r := cache.get(f"{tag}:|{p.name}|{k}|0.0|0|{m2}"))]
+                                if loss == 0 and same:  # nothing lost: every method gives the same picture
+                                    cache[key] = {**same[0], "key": key, "method": method}
                                 else:
                                     # a loss pattern of its own per image, rate and seed (one seed for all
                                     # would drop the same packets everywhere, and nest the rates)

@@ -58,7 +58,7 @@ def test_fill_only_touches_holes_and_is_deterministic():
     assert torch.equal(a, net.fill(x, miss, 16))
 
 
-def test_soft_fill_gives_unit_mean_vectors_at_the_holes_only():
+def test_soft_fill_gives_mean_code_vectors_at_the_holes_only():
     import torch.nn.functional as F
 
     net = small()
@@ -68,10 +68,27 @@ def test_soft_fill_gives_unit_mean_vectors_at_the_holes_only():
     idx, soft = net.fill_soft(x, miss, 16, codes)
     assert torch.equal(idx, net.fill(x, miss, 16, codes=codes))  # same snapped indices as fill
     assert soft.shape == (6, 9, 6)
-    assert torch.allclose(soft[miss].norm(dim=1), torch.ones(int(miss.sum())), atol=1e-5)
+    # the plain expected vector: inside the unit ball (shorter where the model hesitates)
+    norms = soft[miss].norm(dim=1)
+    assert (norms <= 1 + 1e-5).all() and (norms > 0).all() and not torch.allclose(norms, torch.ones_like(norms))
     assert (soft[~miss] == 0).all()
     # each hole's vector is closest to the code it was snapped to
     assert torch.equal((soft[miss] @ codes.t()).argmax(1), idx[miss])
+
+
+def test_a_prior_enters_as_a_product_of_experts():
+    import torch.nn.functional as F
+
+    net = small()
+    codes = F.normalize(torch.randn(16, 6, generator=torch.Generator().manual_seed(2)), dim=1)
+    x = torch.randint(0, 16, (6, 9))
+    miss = torch.rand(6, 9, generator=torch.Generator().manual_seed(1)) < 0.4
+    certain = torch.full((6, 9, 16), -1e4)
+    certain[..., 3] = 0.0  # a prior sure of index 3 everywhere outvotes an untrained model
+    idx, soft = net.fill_soft(x, miss, 16, codes, prior=certain)
+    assert (idx[miss] == 3).all() and torch.equal(idx[~miss], x[~miss])
+    assert torch.allclose(soft[miss], codes[3].expand(int(miss.sum()), 6), atol=1e-4)
+    assert not torch.equal(idx, net.fill(x, miss, 16, codes=codes))
 
 
 def test_fill_masks_look_like_packet_loss():

@@ -10,12 +10,15 @@ Methods (``--recover``):
   predicted from the indices before it in raster order, earlier holes marked lost, as trained with
   the paper's masking. It cannot see what was received after a hole. Decoded from the expected
   code vector like ``masked`` (below); its index map holds the nearest code.
-- ``masked``: the bundle's bidirectional index-map transformer (``vqc train-recovery``), which
-  sees the received indices on every side and fills the holes in a few confident-first rounds.
-  The decoder is given each hole's probability-weighted mean code vector (l2-normalised), not a
-  code of the book: a blend where the model hesitates costs less than a confident wrong texture.
-  Available when the bundle ships one; then it is the default (cosine books, m = 1; otherwise it
-  behaves as ``masked-index``).
+- ``masked``: the bundle's bidirectional index-map transformer, which sees the received indices
+  on every side and fills the holes in a few confident-first rounds: the recovery-only ``fill``
+  model when the bundle ships one (``vqc train-recovery --task fill``), else the shared ``masked``
+  one (``vqc train-recovery``). When the bundle also ships ``ar``, its raster-order prediction is
+  multiplied in (a product of experts: the two models err differently). The decoder is given each
+  hole's probability-weighted mean code vector, not a code of the book and not rescaled to unit
+  length: a short blend where the model hesitates costs less than a confident wrong texture.
+  Available when the bundle ships a masked model; then it is the default (cosine books, m = 1;
+  otherwise it behaves as ``masked-index``).
 - ``masked-index``: the same transformer, but each hole gets the code nearest that mean vector, so
   the recovered map is an ordinary index map (what ``masked`` reports as indices, and what a
   re-encode of the recovered file would carry). Measured against ``masked`` in docs/results.md.
@@ -41,20 +44,24 @@ DEFAULT = "auto"  # masked when the bundle ships it, else ar, else neighbour (co
 
 
 def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
-            method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0) -> np.ndarray:  # fmt: skip
+            method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0,
+            prior=None) -> np.ndarray:  # fmt: skip
     """Fill ``indices`` (m, h, w) where ``missing`` (h, w) is True; returns a new array.
 
     Args:
         codes: (K, d) code vectors of the K-book (as used for decoding), shared by every plane, or
             a list of m books, one per index plane (the quantizer's ``plane_codes``).
         counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
+        transformer: the network the method needs (``TRANSFORMER``), else None.
+        prior: for ``masked``/``masked-index``, the causal ``ar`` network whose raster-order
+            prediction is multiplied into the masked model's (None: the masked model alone).
     """
-    return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k)[0]
+    return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k, prior)[0]
 
 
 def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
                  method: str = "neighbour", cosine: bool = True, transformer=None,
-                 k: int = 0) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
+                 k: int = 0, prior=None) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
     """``recover``, plus the (h, w, d) latent vectors the decoder should use at the holes instead
     of the recovered codes (``masked`` with a cosine book and m = 1), else None."""
     if method == "auto":
@@ -77,12 +84,15 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor |
     if method.startswith("masked") and not missing.all():
         miss = torch.from_numpy(missing)
         book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
+        logp = None
+        if prior is not None and out.shape[0] == 1:
+            logp = prior.raster_log_probs(torch.from_numpy(out[0]), miss, k)
         if method == "masked" and book is not None and out.shape[0] == 1:
-            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book)
+            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book, prior=logp)
             out[0] = filled.numpy()
             return out, soft
         for j in range(out.shape[0]):
-            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book).numpy()
+            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book, prior=logp).numpy()
         return out, None
     if method == "ar":
         miss = torch.from_numpy(missing)
