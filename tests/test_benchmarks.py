@@ -127,3 +127,28 @@ def test_rd_benchmark_writes_every_output_and_resumes(tiny_bundle_dir, tmp_path)
     cache = (out / "cache.jsonl").read_text()
     rd.main(argv)  # all cached: nothing measured again
     assert (out / "cache.jsonl").read_text() == cache
+
+
+@pytest.mark.skipif(not weights_dir().exists(), reason="LPIPS/DISTS weights not present")
+def test_recovery_holdout_compares_every_variant_on_held_out_photos(bundle_with_transformers, tmp_path, capsys):
+    import numpy as np
+
+    cfg = TransformerConfig(sizes=(8, 16, 32, 64), dim=32, depth=1, heads=4, local=1)
+    torch.manual_seed(1)
+    zoo.save_recovery(bundle_with_transformers, IndexTransformer(cfg).eval(), {"steps": 0}, kind="fill")
+    data = tmp_path / "train"
+    data.mkdir()
+    for i in range(8):  # split_holdout keeps a quarter of a small folder out: 2 photos
+        Image.fromarray(make_image(64, 96, seed=i)).save(data / f"p{i}.png")
+    rh = _load("recovery_holdout")
+    m = rh.holes(6, 8, 0.3, seed=4)
+    assert m.any() and np.array_equal(m, rh.holes(6, 8, 0.3, seed=4))
+    rh.main(
+        ["--model", str(bundle_with_transformers), "--data", str(data), "--k", "16", "--loss", "0.5", "--seeds", "1"]
+    )
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if line.startswith("| ")}
+    expected = {"neighbour", "ar", "shared-unit", "shared-plain", "fill-plain", "fill-plain-ar", "masked-index"}
+    assert expected <= set(rows) and rows["neighbour"][1].strip() == "100%"
+    assert all(np.isfinite(float(v[0])) for name, v in rows.items() if name in expected)
+    assert "2 held-out photos x 1 seeds" in out

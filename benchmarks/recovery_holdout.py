@@ -1,0 +1,130 @@
+"""How recovery choices compare on held-out *training* photos: where recovery is tuned, never Kodak.
+
+The 8 photos ``split_holdout`` keeps out of every training run are encoded at one K, packet-loss
+holes are cut into their index maps (16 interleaved packets, each lost with probability
+``--loss``, several seeds), and each variant fills them; the score is the rise in LPIPS-VGG (a
+training loss, not the headline LPIPS-Alex) over the loss-free decode, averaged. The variants
+are the design choices of ``--recover masked`` (docs/results.md says which won):
+
+- ``neighbour``, ``ar``: the baselines, as decoded by the codec;
+- ``shared-unit`` / ``shared-plain``: the shared masked model, each hole decoded as the expected
+  code vector rescaled to unit length (session 5) or as is;
+- ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is;
+- ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in (the default ``masked``);
+- ``masked-index``: the default's snapped codes.
+
+    python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vqcodec import codec, interleave, recovery  # noqa: E402
+from vqcodec.perceptual import LPIPS  # noqa: E402
+from vqcodec.train.data import list_images, load_rgb, split_holdout  # noqa: E402
+from vqcodec.zoo import load_model  # noqa: E402
+
+TRAIN = REPO.parent / "shared" / "datasets" / "train"
+
+
+def holes(h: int, w: int, loss: float, seed: int, packets: int = 16) -> np.ndarray:
+    """The positions of randomly lost interleaved packets (at least one packet lost)."""
+    rng = np.random.default_rng(seed)
+    assign = interleave.assignment(h, w, packets)
+    while True:
+        lost = np.flatnonzero(rng.random(packets) < loss)
+        if len(lost):
+            return np.isin(assign, lost)
+
+
+def variants(bundle, k: int) -> dict:
+    """name -> fn(indices (1, h, w), missing (h, w)) -> (indices, hole vectors or None)."""
+    book = F.normalize(bundle.codebook(k).float(), dim=1)
+    counts = bundle.table(k).counts
+    shared, ar, fill = (bundle.transformer(kind) for kind in ("masked", "ar", "fill"))
+
+    def baseline(method, net=None):
+        return lambda idx, miss: recovery.recover_soft(idx, miss, book, counts, method, True, net, k)
+
+    def masked(net, unit: bool = False, prior=None, snap: bool = False):
+        def fn(idx, miss):
+            m = torch.from_numpy(miss)
+            logp = None if prior is None else prior.raster_log_probs(torch.from_numpy(idx[0]), m, k)
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp)
+            if unit:
+                soft = F.normalize(soft, dim=-1) * m[..., None]
+            return filled.numpy()[None], None if snap else soft
+
+        return fn
+
+    out = {"neighbour": baseline("neighbour")}
+    if ar is not None:
+        out["ar"] = baseline("ar", ar)
+    if shared is not None:
+        out["shared-unit"] = masked(shared, unit=True)
+        out["shared-plain"] = masked(shared)
+    if fill is not None:
+        out["fill-plain"] = masked(fill)
+        if ar is not None:
+            out["fill-plain-ar"] = masked(fill, prior=ar)
+            out["masked-index"] = masked(fill, prior=ar, snap=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", type=Path, default=TRAIN)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--loss", type=float, default=0.3)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    bundle = load_model(args.model)
+    _, held = split_holdout(list_images(args.data), 8)
+    lpips = LPIPS("vgg")
+    fns = variants(bundle, args.k)
+    rises: dict[str, list[float]] = {name: [] for name in fns}
+
+    def score(enc, ref: torch.Tensor) -> float:
+        x = torch.from_numpy(codec.synthesize(enc, bundle)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.inference_mode():
+            return float(lpips(x, ref))
+
+    clean_scores = []
+    for i, path in enumerate(held):
+        img = load_rgb(path, 768)
+        ref = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+        enc = codec.analyze(img, bundle, args.k)
+        clean = score(enc, ref)
+        clean_scores.append(clean)
+        h, w = enc.indices.shape[1:]
+        for seed in range(args.seeds):
+            miss = holes(h, w, args.loss, 1000 * i + seed)
+            for name, fn in fns.items():
+                idx, soft = fn(enc.indices.copy(), miss)
+                hole = None if soft is None else (miss, soft[torch.from_numpy(miss)].numpy())
+                lossy = codec.Encoded(idx, enc.image_size, enc.padded_size, args.k, enc.model_id, hole)
+                rises[name].append(score(lossy, ref) - clean)
+        print(f"{path.name} done", flush=True)
+    base = float(np.mean(rises["neighbour"]))
+    print(f"\n{len(held)} held-out photos x {args.seeds} seeds, K={args.k}, loss {args.loss}: "
+          f"loss-free LPIPS-VGG {np.mean(clean_scores):.4f}")  # fmt: skip
+    print("\n| variant | LPIPS-VGG rise | share of neighbour's |\n|---|---|---|")
+    for name, v in rises.items():
+        print(f"| {name} | {np.mean(v):.4f} | {np.mean(v) / base:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
