@@ -152,3 +152,17 @@ def test_recovery_holdout_compares_every_variant_on_held_out_photos(bundle_with_
     assert expected <= set(rows) and rows["neighbour"][1].strip() == "100%"
     assert all(np.isfinite(float(v[0])) for name, v in rows.items() if name in expected)
     assert "2 held-out photos x 1 seeds" in out
+
+
+def test_recovery_speed_times_every_method(bundle_with_transformers, tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.fromarray(make_image(64, 96, seed=0)).save(data / "a.png")
+    rs = _load("recovery_speed")
+    rs.main(["--model", str(bundle_with_transformers), "--data", str(data), "--images", "1", "--k", "16",
+             "--packets", "8", "--loss", "0.5", "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    names = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
+    assert {"(loss-free)", "none", "neighbour", "ar", "masked", "masked-index"} <= names
+    with pytest.raises(SystemExit, match="no .png"):
+        rs.main(["--model", str(bundle_with_transformers), "--data", str(tmp_path / "empty"), "--threads", "1"])
