@@ -239,5 +239,5 @@ class IndexTransformer(nn.Module):
         """Causal models: (h, w, K) log-probabilities of every position given the indices before it
         in raster order (within its tile), ``missing`` ones marked lost. One pass."""
         if not self.config.causal:
-            raise ValueError("predict_raster needs a causal transformer")
+            raise ValueError("raster-order prediction needs a causal transformer")
         return self.tiled(indices, missing, k).log_softmax(-1)
