@@ -178,8 +178,8 @@ class IndexTransformer(nn.Module):
         nearest to it, and not scaled back to unit length: when the model hesitates between
         dissimilar codes the blend is shorter and sits between them, and the decoder renders a
         quieter in-between patch rather than a confident wrong texture. (Held-out training photos,
-        K=64, 30 % loss, LPIPS-VGG rise over the loss-free decode: snapped code 0.031, unit-length
-        mean 0.0145, plain mean 0.0119; ``neighbour`` 0.019; docs/results.md.) The returned
+        K=64, 30 % loss, LPIPS-VGG rise over the loss-free decode with the shared model: unit-length
+        mean 0.0145, plain mean 0.0119; ``neighbour`` 0.0191; benchmarks/recovery_holdout.py.) The returned
         indices are the snapped ones, fed back as context between rounds and reported to the caller.
         """
         return self._fill(indices, missing, k, steps, codes, prior)
