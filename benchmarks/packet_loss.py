@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "packet_loss")
     args = ap.parse_args(argv)
     bundle = load_model(args.model)
-    methods = args.methods or ["none", "neighbour"] + [
-        m for m in ("ar", "masked", "masked-index") if bundle.has_transformer(recovery.TRANSFORMER[m])
-    ]
+    methods = args.methods or recovery.available(bundle)
     images = sorted(args.data.glob("*.png"))[: args.limit or None]
     picks, n_shards = args.shard.split("/")
     images = [im for i, im in enumerate(images) if i % int(n_shards) in {int(v) for v in picks.split(",")}]
@@ -97,9 +95,11 @@ def main(argv: list[str] | None = None) -> None:
                                     ref = metrics.Reference(img)  # its LPIPS/DISTS features once
                                 if data is None:
                                     data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
-                                same = [r for m2 in methods if (r := cache.get(f"{tag}:|{p.name}|{k}|0.0|0|{m2}"))]
-                                if loss == 0 and same:  # nothing lost: every method gives the same picture
-                                    cache[key] = {**same[0], "key": key, "method": method}
+                                # nothing lost: every method gives the same picture, measured once
+                                same = (cache.get(f"{tag}:|{p.name}|{k}|{loss}|{seed}|{m2}") for m2 in methods)
+                                done = next((r for r in same if r), None) if loss == 0 else None
+                                if done:
+                                    cache[key] = {**done, "key": key, "method": method}
                                 else:
                                     # a loss pattern of its own per image, rate and seed (one seed for all
                                     # would drop the same packets everywhere, and nest the rates)

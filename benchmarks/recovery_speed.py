@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = load_model(args.model)
-    methods = ["none", "neighbour"] + [
-        m for m in ("ar", "masked", "masked-index") if bundle.has_transformer(recovery.TRANSFORMER[m])
-    ]
+    methods = recovery.available(bundle)
     files = []
     for i, p in enumerate(sorted(args.data.glob("*.png"))[: args.images]):
         img = load_image(p).pixels

@@ -43,6 +43,11 @@ TRANSFORMER = {"ar": "ar", "masked": "masked", "masked-index": "masked"}
 DEFAULT = "auto"  # masked when the bundle ships it, else ar, else neighbour (codec._recovery_choice)
 
 
+def available(bundle) -> list[str]:
+    """The methods a bundle can run: the baselines plus each whose transformer it ships."""
+    return [m for m in METHODS if m not in TRANSFORMER or bundle.has_transformer(TRANSFORMER[m])]
+
+
 def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
             method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0,
             prior=None) -> np.ndarray:  # fmt: skip
