@@ -120,6 +120,12 @@ def test_training_learns_a_constant_map(tmp_path):
     assert (filled == 5).all()
 
 
+def test_anneal_decays_the_rate_smoothly_to_a_floor():
+    f = [ttrain.anneal_factor(d / 10) for d in range(11)]
+    assert f[0] == pytest.approx(1.0) and f[-1] == pytest.approx(0.05) and f[5] == pytest.approx(0.525)
+    assert all(a > b for a, b in zip(f, f[1:], strict=False))
+
+
 def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     import shutil
 
@@ -195,7 +201,8 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     with pytest.raises(SystemExit):
         ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "bad"), "--task", "fill", "--causal"])
     ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-fill"), "--data", str(photos),
-                 "--steps", "4", "--batch", "2", "--crop", "4", "--task", "fill", "--from-bundle", "--export"])  # fmt: skip
+                 "--steps", "4", "--batch", "2", "--crop", "4", "--task", "fill", "--from-bundle", "--anneal",
+                 "--export"])  # fmt: skip
     bf = zoo.load_model(bundle_dir)
     assert bf.manifest["recovery_fill"]["steps"] == 4 and "context_levels" not in bf.manifest["recovery_fill"]
     assert bf.transformer("fill").config == bf.recovery_model.config

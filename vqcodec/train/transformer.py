@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crop", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--anneal", action="store_true",
+                    help="cosine-decay the learning rate to 1/20 over this run's --minutes/--steps (a final polish "
+                         "of a model that has plateaued at a constant rate)")  # fmt: skip
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -223,12 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     log = csv.writer(logf)
     t0 = last_save = time.time()
     warm0 = step if args.from_bundle and not args.resume else 0  # fresh optimizer state: warm up again
+    step0 = step
     losses: list[float] = []
     while step < args.steps and (time.time() - t0) / 60 < args.minutes:
         k = rng.choice(cfg.sizes)
         x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal, args.task)
-        for g in opt.param_groups:  # warm-up, then constant
-            g["lr"] = args.lr * min(1.0, (step - warm0 + 1) / 300)
+        scale = min(1.0, (step - warm0 + 1) / 300)  # warm-up, then constant (or annealed)
+        if args.anneal:
+            done = max((time.time() - t0) / 60 / args.minutes, (step - step0) / max(1, args.steps - step0))
+            scale *= anneal_factor(min(1.0, done))
+        for g in opt.param_groups:
+            g["lr"] = args.lr * scale
         logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
         sel = torch.ones_like(m) if cfg.causal else m  # causal: every next index; masked: the holes
         loss = F.cross_entropy(logits[sel], x[sel])
@@ -262,6 +270,12 @@ def main(argv: list[str] | None = None) -> None:
                                                   **({"context_levels": args.context_levels} if _kind(args) == "masked" else {})},
                       kind=_kind(args))  # fmt: skip
         print(f"{_kind(args)} transformer stored in {bundle.path}")
+
+
+def anneal_factor(done: float, floor: float = 0.05) -> float:
+    """Cosine decay from 1 to `floor` as the run's budget is spent (done in [0, 1]): the last stretch of a
+    run at a small rate settles the weights into the minimum a constant rate keeps jumping around."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 def _kind(args) -> str:
