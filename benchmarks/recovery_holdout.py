@@ -10,7 +10,8 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 - ``shared-unit`` / ``shared-plain``: the shared masked model, each hole decoded as the expected
   code vector rescaled to unit length (session 5) or as is;
 - ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is;
-- ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in (the default ``masked``);
+- ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in (the default ``masked``),
+  predicted on half-overlapping tiles; ``fill-plain-ar-disjoint``: on disjoint tiles (session 6);
 - ``masked-index``: the default's snapped codes.
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
@@ -56,11 +57,11 @@ def variants(bundle, k: int) -> dict:
     def baseline(method, net=None):
         return lambda idx, miss: recovery.recover_soft(idx, miss, book, counts, method, True, net, k)
 
-    def masked(net, unit: bool = False, prior=None, snap: bool = False):
+    def masked(net, unit: bool = False, prior=None, snap: bool = False, overlap: bool = True):
         def fn(idx, miss):
             m = torch.from_numpy(miss)
             logp = None if prior is None else prior.raster_log_probs(torch.from_numpy(idx[0]), m, k)
-            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp)
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp, overlap=overlap)
             if unit:
                 soft = F.normalize(soft, dim=-1) * m[..., None]
             return filled.numpy()[None], None if snap else soft
@@ -77,6 +78,7 @@ def variants(bundle, k: int) -> dict:
         out["fill-plain"] = masked(fill)
         if ar is not None:
             out["fill-plain-ar"] = masked(fill, prior=ar)
+            out["fill-plain-ar-disjoint"] = masked(fill, prior=ar, overlap=False)
             out["masked-index"] = masked(fill, prior=ar, snap=True)
     return out
 
@@ -89,12 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss", type=float, default=0.3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all; neighbour always)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = load_model(args.model)
     _, held = split_holdout(list_images(args.data), 8)
     lpips = LPIPS("vgg")
     fns = variants(bundle, args.k)
+    if args.only:
+        unknown = set(args.only) - set(fns)
+        if unknown:
+            ap.error(f"unknown variants {sorted(unknown)}; choose from {sorted(fns)}")
+        fns = {name: fn for name, fn in fns.items() if name == "neighbour" or name in args.only}
     rises: dict[str, list[float]] = {name: [] for name in fns}
 
     def score(enc, ref: torch.Tensor) -> float:

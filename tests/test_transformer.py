@@ -49,13 +49,38 @@ def test_causal_model_sees_only_the_past():
     assert torch.equal(filled[~miss], x[0][~miss]) and torch.equal(filled, net.predict_raster(x[0], miss, 8))
 
 
+@pytest.mark.parametrize("shape", [(5, 7), (16, 16), (20, 7), (32, 48)])
+def test_overlapped_tiles_give_distributions_of_any_map(shape):
+    net = small()
+    x = torch.randint(0, 16, shape, generator=torch.Generator().manual_seed(2))
+    m = torch.rand(shape, generator=torch.Generator().manual_seed(3)) < 0.3
+    lp = net.overlapped_log_probs(x, m, 16)
+    assert lp.shape == (*shape, 16) and torch.allclose(lp.exp().sum(-1), torch.ones(shape), atol=1e-5)
+    if shape[0] <= 16 and shape[1] <= 16:  # one tile: the same as the disjoint tiling
+        assert torch.allclose(lp, net.tiled(x, m, 16).log_softmax(-1), atol=1e-5)
+
+
+def test_overlapped_tiles_see_across_a_tile_edge():
+    """A hole at the edge of a disjoint tile sees nothing beyond it; with overlapping tiles it
+    does, so changing the received index just across the edge changes its prediction."""
+    net = small()
+    x = torch.randint(0, 16, (16, 32), generator=torch.Generator().manual_seed(4))
+    m = torch.zeros(16, 32, dtype=torch.bool)
+    m[8, 15] = True  # last column of the first disjoint tile
+    y = x.clone()
+    y[8, 16] = (x[8, 16] + 5) % 16  # first column of the second
+    assert torch.allclose(net.tiled(x, m, 16)[8, 15], net.tiled(y, m, 16)[8, 15])
+    assert not torch.allclose(net.overlapped_log_probs(x, m, 16)[8, 15], net.overlapped_log_probs(y, m, 16)[8, 15])
+
+
 def test_fill_only_touches_holes_and_is_deterministic():
     net = small()
     x = torch.randint(0, 16, (6, 9))
     miss = torch.rand(6, 9, generator=torch.Generator().manual_seed(1)) < 0.4
-    a = net.fill(x, miss, 16)
-    assert torch.equal(a[~miss], x[~miss]) and a.max() < 16
-    assert torch.equal(a, net.fill(x, miss, 16))
+    for overlap in (True, False):
+        a = net.fill(x, miss, 16, overlap=overlap)
+        assert torch.equal(a[~miss], x[~miss]) and a.max() < 16
+        assert torch.equal(a, net.fill(x, miss, 16, overlap=overlap))
 
 
 def test_soft_fill_gives_mean_code_vectors_at_the_holes_only():
