@@ -12,6 +12,7 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 - ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is;
 - ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in (the default ``masked``),
   predicted on half-overlapping tiles; ``fill-plain-ar-disjoint``: on disjoint tiles (session 6);
+  ``fill-plain-ar-both-overlap``: ``ar``'s prediction from overlapping tiles too;
 - ``masked-index``: the default's snapped codes.
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
@@ -57,10 +58,10 @@ def variants(bundle, k: int) -> dict:
     def baseline(method, net=None):
         return lambda idx, miss: recovery.recover_soft(idx, miss, book, counts, method, True, net, k)
 
-    def masked(net, unit: bool = False, prior=None, snap: bool = False, overlap: bool = True):
+    def masked(net, unit: bool = False, prior=None, snap: bool = False, overlap: bool = True, prior_overlap=False):
         def fn(idx, miss):
             m = torch.from_numpy(miss)
-            logp = None if prior is None else prior.raster_log_probs(torch.from_numpy(idx[0]), m, k)
+            logp = None if prior is None else prior.raster_log_probs(torch.from_numpy(idx[0]), m, k, prior_overlap)
             filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp, overlap=overlap)
             if unit:
                 soft = F.normalize(soft, dim=-1) * m[..., None]
@@ -79,6 +80,7 @@ def variants(bundle, k: int) -> dict:
         if ar is not None:
             out["fill-plain-ar"] = masked(fill, prior=ar)
             out["fill-plain-ar-disjoint"] = masked(fill, prior=ar, overlap=False)
+            out["fill-plain-ar-both-overlap"] = masked(fill, prior=ar, prior_overlap=True)
             out["masked-index"] = masked(fill, prior=ar, snap=True)
     return out
 

@@ -46,6 +46,8 @@ def test_causal_model_sees_only_the_past():
     miss = torch.zeros(4, 5, dtype=torch.bool)
     miss[1, 1] = miss[3, 4] = True
     filled = net.predict_raster(x[0], miss, 8)
+    lp = net.raster_log_probs(x[0], miss, 8, overlap=True)
+    assert lp.shape == (4, 5, 8) and torch.allclose(lp, net.raster_log_probs(x[0], miss, 8), atol=1e-5)  # one tile
     assert torch.equal(filled[~miss], x[0][~miss]) and torch.equal(filled, net.predict_raster(x[0], miss, 8))
 
 

@@ -161,7 +161,8 @@ class IndexTransformer(nn.Module):
         received indices are right there; here each position's prediction is the weighted
         geometric mean over every tile it lies in, weighted by how far inside the tile it sits
         (a pyramid: 1 at a tile's edge, tile/2 at its centre), so the well-surrounded predictions
-        dominate. Still 16x16 inputs, as trained; about 2.5x the tiles of a 768x512 map.
+        dominate (a causal model's context grows row by row, so its rows weigh 1 ... tile instead).
+        Still 16x16 inputs, as trained; about 2.5x the tiles of a 768x512 map.
         Recovery only: the context coder keeps ``tiled`` (its bitstreams must not change).
         """
         h, w = indices.shape
@@ -176,7 +177,8 @@ class IndexTransformer(nn.Module):
             k,
         ).log_softmax(-1)
         ramp = torch.minimum(torch.arange(tile), torch.arange(tile).flip(0)).float() + 1
-        weight = ramp[:, None] * ramp[None, :]
+        rows = torch.arange(tile).float() + 1 if self.config.causal else ramp  # causal: context grows down a tile
+        weight = rows[:, None] * ramp[None, :]
         acc, total = torch.zeros(hp, wp, k), torch.zeros(hp, wp, 1)
         for (y, x), lp in zip(corners, logp, strict=True):
             acc[y : y + tile, x : x + tile] += weight[..., None] * lp
@@ -270,9 +272,13 @@ class IndexTransformer(nn.Module):
         return torch.where(missing, pred, indices), mean * missing[..., None]
 
     @torch.inference_mode()
-    def raster_log_probs(self, indices: torch.Tensor, missing: torch.Tensor, k: int) -> torch.Tensor:
+    def raster_log_probs(self, indices: torch.Tensor, missing: torch.Tensor, k: int,
+                         overlap: bool = False) -> torch.Tensor:  # fmt: skip
         """Causal models: (h, w, K) log-probabilities of every position given the indices before it
-        in raster order (within its tile), ``missing`` ones marked lost. One pass."""
+        in raster order (within its tile), ``missing`` ones marked lost. One pass (``overlap``: on
+        half-overlapping tiles, see ``overlapped_log_probs``)."""
         if not self.config.causal:
             raise ValueError("raster-order prediction needs a causal transformer")
+        if overlap:
+            return self.overlapped_log_probs(indices, missing, k)
         return self.tiled(indices, missing, k).log_softmax(-1)
