@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     masked_hash = files.get("recovery-fill.safetensors", files.get("recovery.safetensors", ""))[:8]
     # what each method's result depends on besides the autoencoder: a retrained transformer only
     # invalidates the methods that use it (masked multiplies in ar's prediction)
-    depends = {"ar": ar_hash, "masked": f"{masked_hash}+{ar_hash}", "masked-index": f"{masked_hash}+{ar_hash}"}
+    # and the revision of the method's own algorithm (o: masked predicts on overlapping tiles)
+    depends = {"ar": ar_hash, "masked": f"{masked_hash}+{ar_hash}o", "masked-index": f"{masked_hash}+{ar_hash}o"}
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():
