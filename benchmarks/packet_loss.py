@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     ar_hash = files.get("recovery-ar.safetensors", "")[:8]
     masked_hash = files.get("recovery-fill.safetensors", files.get("recovery.safetensors", ""))[:8]
     # what each method's result depends on besides the autoencoder: a retrained transformer only
-    # invalidates the methods that use it (masked multiplies in ar's prediction)
-    # and the revision of the method's own algorithm (o: masked predicts on overlapping tiles)
-    depends = {"ar": ar_hash, "masked": f"{masked_hash}+{ar_hash}o", "masked-index": f"{masked_hash}+{ar_hash}o"}
+    # invalidates the methods that use it, and the revision of the method's own algorithm
+    # (o: masked predicts on overlapping tiles, without ar's prior)
+    depends = {"ar": ar_hash, "masked": f"{masked_hash}o", "masked-index": f"{masked_hash}o"}
     cache: dict[str, dict] = {}
     if cache_path.exists():
         for line in cache_path.read_text().splitlines():

@@ -9,10 +9,12 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 - ``neighbour``, ``ar``: the baselines, as decoded by the codec;
 - ``shared-unit`` / ``shared-plain``: the shared masked model, each hole decoded as the expected
   code vector rescaled to unit length (session 5) or as is;
-- ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is;
-- ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in (the default ``masked``),
-  predicted on half-overlapping tiles; ``fill-plain-ar-disjoint``: on disjoint tiles (session 6);
-  ``fill-plain-ar-both-overlap``: ``ar``'s prediction from overlapping tiles too;
+- ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is,
+  predicted on half-overlapping tiles (the default ``masked``); ``fill-plain-disjoint``: on
+  disjoint tiles;
+- ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in; ``fill-plain-ar-disjoint``:
+  on disjoint tiles (session 6's default); ``fill-plain-ar-both-overlap``: ``ar``'s prediction
+  from overlapping tiles too;
 - ``masked-index``: the default's snapped codes.
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
@@ -77,11 +79,12 @@ def variants(bundle, k: int) -> dict:
         out["shared-plain"] = masked(shared)
     if fill is not None:
         out["fill-plain"] = masked(fill)
+        out["fill-plain-disjoint"] = masked(fill, overlap=False)
+        out["masked-index"] = masked(fill, snap=True)
         if ar is not None:
             out["fill-plain-ar"] = masked(fill, prior=ar)
             out["fill-plain-ar-disjoint"] = masked(fill, prior=ar, overlap=False)
             out["fill-plain-ar-both-overlap"] = masked(fill, prior=ar, prior_overlap=True)
-            out["masked-index"] = masked(fill, prior=ar, snap=True)
     return out
 
 

@@ -281,9 +281,8 @@ def unpack_packets(
     book = bundle.codebook(k)
     method, net, label = _recovery_choice(bundle, method, bool(missing.any()))
     q = bundle.model.quantize
-    prior = _recovery_prior(bundle, method, bool(missing.any()))
     idx, soft = recovery.recover_soft(idx, missing, q.plane_codes(book), bundle.table(k).counts,
-                                      method, q.plane_cosine, net, k, prior)  # fmt: skip
+                                      method, q.plane_cosine, net, k)  # fmt: skip
     holes = None if soft is None else (missing, soft[torch.from_numpy(missing)].numpy())
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
     report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label)
@@ -310,13 +309,6 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     if kind == "masked" and bundle.has_transformer("fill"):
         kind = "fill"  # the recovery-only model, trained on packet-loss holes alone
     return method, bundle.transformer(kind) if needed and kind else None, method
-
-
-def _recovery_prior(bundle: Bundle, method: str, needed: bool):
-    """The ``ar`` network whose prediction ``masked`` multiplies into its own, when shipped."""
-    if needed and method in ("masked", "masked-index") and bundle.m == 1:
-        return bundle.transformer("ar")
-    return None
 
 
 def decode_with_report(

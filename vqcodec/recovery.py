@@ -49,8 +49,7 @@ def available(bundle) -> list[str]:
 
 
 def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
-            method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0,
-            prior=None) -> np.ndarray:  # fmt: skip
+            method: str = "neighbour", cosine: bool = True, transformer=None, k: int = 0) -> np.ndarray:  # fmt: skip
     """Fill ``indices`` (m, h, w) where ``missing`` (h, w) is True; returns a new array.
 
     Args:
@@ -58,15 +57,13 @@ def recover(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list
             a list of m books, one per index plane (the quantizer's ``plane_codes``).
         counts: (K,) index frequencies (the bundle's static table) for the fixed fill.
         transformer: the network the method needs (``TRANSFORMER``), else None.
-        prior: for ``masked``/``masked-index``, the causal ``ar`` network whose raster-order
-            prediction is multiplied into the masked model's (None: the masked model alone).
     """
-    return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k, prior)[0]
+    return recover_soft(indices, missing, codes, counts, method, cosine, transformer, k)[0]
 
 
 def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor | list[torch.Tensor], counts: np.ndarray,
                  method: str = "neighbour", cosine: bool = True, transformer=None,
-                 k: int = 0, prior=None) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
+                 k: int = 0) -> tuple[np.ndarray, torch.Tensor | None]:  # fmt: skip
     """``recover``, plus the (h, w, d) latent vectors the decoder should use at the holes instead
     of the recovered codes (``masked`` with a cosine book and m = 1), else None."""
     if method == "auto":
@@ -89,15 +86,12 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor |
     if method.startswith("masked") and not missing.all():
         miss = torch.from_numpy(missing)
         book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
-        logp = None
-        if prior is not None and out.shape[0] == 1:
-            logp = prior.raster_log_probs(torch.from_numpy(out[0]), miss, k)
         if method == "masked" and book is not None and out.shape[0] == 1:
-            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book, prior=logp)
+            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book)
             out[0] = filled.numpy()
             return out, soft
         for j in range(out.shape[0]):
-            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book, prior=logp).numpy()
+            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book).numpy()
         return out, None
     if method == "ar":
         miss = torch.from_numpy(missing)
