@@ -13,8 +13,9 @@ Methods (``--recover``):
 - ``masked``: the bundle's bidirectional index-map transformer, which sees the received indices
   on every side and fills the holes in a few confident-first rounds: the recovery-only ``fill``
   model when the bundle ships one (``vqc train-recovery --task fill``), else the shared ``masked``
-  one (``vqc train-recovery``). When the bundle also ships ``ar``, its raster-order prediction is
-  multiplied in (a product of experts: the two models err differently). The decoder is given each
+  one (``vqc train-recovery``), run on half-overlapping 16x16 tiles so that a hole on a tile's
+  edge still sees across it. (Multiplying in ``ar``'s prediction helped the session-6 models and
+  no longer helps the annealed ``fill``: docs/results.md.) The decoder is given each
   hole's probability-weighted mean code vector, not a code of the book and not rescaled to unit
   length: a short blend where the model hesitates costs less than a confident wrong texture.
   Available when the bundle ships a masked model; then it is the default (cosine books, m = 1;
