@@ -109,8 +109,11 @@ def test_signal_mid_write_leaves_no_file_and_no_litter(tmp_path, sig):
     import textwrap
 
     child = textwrap.dedent(f"""
-        import os, sys, time
+        import os, signal, sys, time
         from vqcodec import imageio
+        # Ctrl-C's usual handler, even when this test runs in the background (where the shell
+        # hands SIGINT down ignored and Python then installs no KeyboardInterrupt handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         real = os.write
         def slow(fd, data):
             n = real(fd, data)
