@@ -36,6 +36,18 @@ from rd_codecs import all_codecs, usable  # noqa: E402
 
 METRICS = {"psnr": False, "ms_ssim": False, "lpips": True, "dists": True}  # name -> lower is better
 KODAK = HERE.parent.parent / "shared" / "datasets" / "kodak"
+PUBLISHED = HERE / "published_kodak.csv"
+"""Published Kodak points of the strongest extreme-rate codecs (not our runs), drawn dashed on the plots."""
+
+
+def published(path: Path = PUBLISHED) -> dict[str, list[dict]]:
+    """method -> its published points (bpp and whichever of lpips/dists it reports), sorted by bpp."""
+    out: dict[str, list[dict]] = {}
+    if not path.exists():
+        return out
+    for r in csv.DictReader(open(path)):
+        out.setdefault(r["method"], []).append({k: float(v) for k, v in r.items() if k in ("bpp", *METRICS) and v})
+    return {k: sorted(v, key=lambda r: r["bpp"]) for k, v in out.items()}
 
 
 def _work(args):
@@ -54,7 +66,7 @@ def _work(args):
     for setting in settings:
         with tempfile.TemporaryDirectory() as tmp:
             nbytes, rec, enc_s, dec_s = codec.run(img, setting, Path(tmp))
-        row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "bytes": nbytes,
+        row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "sig": codec.signature(), "bytes": nbytes,
                "bpp": nbytes * 8 / (img.shape[0] * img.shape[1]), "enc_s": enc_s, "dec_s": dec_s}  # fmt: skip
         row.update(ref.score(rec))
         rows.append(row)
@@ -69,8 +81,13 @@ def load_cache(path: Path) -> dict[tuple, dict]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a stop
-            cache[(r["codec"], str(r["setting"]), r["image"])] = r
+            cache[key(r)] = r
     return cache
+
+
+def key(r: dict) -> tuple:
+    """A cached result's identity: codec, setting, image and the codec's signature (its command)."""
+    return r["codec"], str(r["setting"]), r["image"], r.get("sig", "")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -112,7 +129,8 @@ def bd_table(summary: list[dict], anchors=("BPG", "VVC")) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(summary: list[dict], out: Path) -> None:
+def plots(summary: list[dict], out: Path, reference: dict[str, list[dict]] | None = None) -> None:
+    """One bpp-vs-metric plot per metric; ``reference`` curves (published numbers) dashed, grey tones."""
     try:
         import matplotlib
 
@@ -125,6 +143,11 @@ def plots(summary: list[dict], out: Path) -> None:
         fig, ax = plt.subplots(figsize=(7, 5))
         for name, c in curves(summary).items():
             ax.plot([x["bpp"] for x in c], [x[m] for x in c], marker="o", label=name)
+        for name, pts in (reference or {}).items():
+            pts = [p for p in pts if m in p]
+            if pts:
+                ax.plot([p["bpp"] for p in pts], [p[m] for p in pts], linestyle="--", marker="x", alpha=0.8,
+                        label=f"{name} (published)")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("bpp (whole file)")
         ax.set_ylabel(m + (" (lower is better)" if METRICS[m] else ""))
@@ -185,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{c.name}: {c.version()}; settings {c.settings}")
     cache_path = args.out / "cache.jsonl"
     cache = load_cache(cache_path)
-    todo = [(c.name, [s for s in c.settings if (c.name, str(s), p.name) not in cache], str(p), args.models)
+    todo = [(c.name, [s for s in c.settings if (c.name, str(s), p.name, c.signature()) not in cache], str(p), args.models)
             for c in codecs for p in images]  # fmt: skip
     todo = [t for t in todo if t[1]]
     t0 = time.time()
@@ -200,14 +223,14 @@ def main(argv: list[str] | None = None) -> None:
                 prog.advance(task, len(futures[f][1]))
                 continue
             for r in done:
-                cache[(r["codec"], str(r["setting"]), r["image"])] = r
+                cache[key(r)] = r
                 cf.write(json.dumps(r) + "\n")
             cf.flush()
             prog.advance(task, len(done))
-    names = {c.name for c in codecs}
-    rows = [r for r in cache.values() if r["codec"] in names and r["image"] in {p.name for p in images}]
+    sigs = {(c.name, c.signature()) for c in codecs}
+    rows = [r for r in cache.values() if (r["codec"], r.get("sig", "")) in sigs and r["image"] in {p.name for p in images}]
     with open(args.out / "rd.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows)
@@ -223,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     md.append(bd_table(summary, tuple(args.anchors)))
     md.append("\nVersions: " + "; ".join(f"{c.name}: {c.version()}" for c in codecs) + "\n")
     (args.out / "bdrate.md").write_text("\n".join(md))
-    plots(summary, args.out)
+    plots(summary, args.out, published())
     crops(rows, images, args.out, args.models)
     print("\n".join(md))
     print(f"done in {time.time() - t0:.0f}s; outputs in {args.out}")

@@ -30,6 +30,20 @@ TINY = AutoencoderConfig(
 )
 if "test-tiny" not in ARCHS:
     register_arch("test-tiny", TINY)
+TINY_TAEF2 = AutoencoderConfig(
+    channels=(32, 32),
+    enc_res_blocks=(1, 1),
+    dec_res_blocks=(1, 1),
+    stem=8,
+    z_channels=32,
+    embed_dim=8,
+    n_embed=64,
+    cosine=True,
+    mid_attn=False,
+    backbone="taef2",
+)
+if "test-tiny-taef2" not in ARCHS:
+    register_arch("test-tiny-taef2", TINY_TAEF2)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -166,3 +166,30 @@ def test_recovery_speed_times_every_method(bundle_with_transformers, tmp_path, c
     assert {"(loss-free)", "none", "neighbour", "ar", "masked", "masked-index"} <= names
     with pytest.raises(SystemExit, match="no .png"):
         rs.main(["--model", str(bundle_with_transformers), "--data", str(tmp_path / "empty"), "--threads", "1"])
+
+
+def test_vvc_is_configured_for_one_intra_picture(tmp_path):
+    """The VVC anchor at its best: a regression to a command without ``-r 1 --intraperiod 1`` (vvenc then
+    codes the lone picture as the top of a 60 fps GOP at a lower QP) spends ~200 bytes more here."""
+    rc = _load("rd_codecs")
+    vvc = rc.VVC()
+    if vvc.unavailable():
+        pytest.skip(vvc.unavailable())
+    cmd = vvc.command("vvencapp", tmp_path / "in.yuv", 128, 128, 50, tmp_path / "o.266")
+    for flag, value in (("-r", "1"), ("--intraperiod", "1"), ("--qpa", "0"), ("--internal-bitdepth", "10")):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "slow" in vvc.signature() and cmd[cmd.index("--preset") + 1] == "slow"
+    nbytes, rec, _, _ = vvc.run(make_image(128, 128, seed=0), 50, tmp_path)
+    assert nbytes < 300  # 209 bytes with the all-intra command, 408 with the old one (medium, 60 fps)
+    assert rec.shape == (128, 128, 3)
+
+
+def test_rd_cache_key_carries_the_codec_signature(tmp_path):
+    """A result measured with an older command (another signature) is not served for the new one."""
+    rd = _load("rd")
+    rows = [{"codec": "VVC", "setting": 50, "image": "a.png", "bpp": 1.0},
+            {"codec": "VVC", "setting": 50, "image": "a.png", "sig": "vvenc slow r1 ip1 qpa0 yuv420p10", "bpp": 0.5}]  # fmt: skip
+    (tmp_path / "cache.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
+    cache = rd.load_cache(tmp_path / "cache.jsonl")
+    assert cache[("VVC", "50", "a.png", "")]["bpp"] == 1.0
+    assert cache[("VVC", "50", "a.png", "vvenc slow r1 ip1 qpa0 yuv420p10")]["bpp"] == 0.5

@@ -102,8 +102,10 @@ def analyze(pixels: np.ndarray, bundle: Bundle, codebook_size: int) -> Encoded:
     h, w = pixels.shape[:2]
     book = bundle.codebook(codebook_size)
     padded = pad_to_multiple(pixels, bundle.stride)
-    z = bundle.model.encode_latent(_to_tensor(padded))
-    idx = bundle.model.quantize.quantize(z, book)[0].numpy().astype(np.int64)
+    model = bundle.model
+    with model.autocast():
+        z = model.encode_latent(_to_tensor(padded).contiguous(memory_format=model.memory_format)).float()
+    idx = model.quantize.quantize(z, book)[0].numpy().astype(np.int64)
     return Encoded(idx, (w, h), (padded.shape[1], padded.shape[0]), codebook_size, bundle.model_id)
 
 
@@ -116,7 +118,8 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     if enc.hole_latents is not None:
         mask, vectors = enc.hole_latents
         z[0][:, torch.from_numpy(mask)] = torch.from_numpy(vectors).to(z).t()
-    x = bundle.model.decode_latent(z)
+    with bundle.model.autocast():
+        x = bundle.model.decode_latent(z.contiguous(memory_format=bundle.model.memory_format)).float()
     w, h = enc.image_size
     return _to_pixels(x)[:h, :w]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,8 @@ DEFAULT_MODEL = "vqc-small"
 MANIFEST = "manifest.json"
 WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
+TAEF2_LICENSE = Path(__file__).resolve().parent / "licenses" / "TAEF2-LICENSE"
+"""MIT notice of the TAEF2 weights, copied beside every bundle derived from them."""
 RECOVERY = "recovery.safetensors"
 RECOVERY_AR = "recovery-ar.safetensors"
 RECOVERY_FILL = "recovery-fill.safetensors"
@@ -281,6 +284,8 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     except Exception as e:  # a damaged bundle must not surface as a traceback
         raise VqcModelError(f"{path}: cannot load weights ({_first_line(e)})") from None
     model.eval().requires_grad_(False)
+    if model.config.backbone == "taef2":  # full-resolution convolutions: channels_last is what oneDNN runs fastest
+        model = model.to(memory_format=torch.channels_last)
     codebooks, tables = {}, {}
     for k in manifest["codebook_sizes"]:
         if f"codebook.{k}" not in cb or f"freq.{k}" not in cb:
@@ -344,6 +349,10 @@ def save_bundle(
         "scores": scores or {},
         **(extra or {}),
     }
+    if model.config.backbone == "taef2":  # weights derived from TAEF2 (MIT): its notice travels with them
+        shutil.copyfile(TAEF2_LICENSE, folder / TAEF2_LICENSE.name)
+        manifest["licenses"] = {TAEF2_LICENSE.name: "MIT, (c) 2023 Ollin Boer Bohan: TAEF2 encoder/decoder "
+                                "(github.com/madebyollin/taesd), fine-tuned here"}  # fmt: skip
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, folder / MANIFEST)
@@ -355,8 +364,6 @@ def copy_transformers(src: Bundle, folder: Path) -> dict:
     """Carry ``src``'s index-map transformers (files and manifest entries) into the bundle at
     ``folder``: right when the new bundle has the same encoder and code order (a fine-tuned
     decoder or books), so its index maps mean what the transformers were trained on."""
-    import shutil
-
     folder = Path(folder)
     manifest = _read_manifest(folder)
     for key, fname in TRANSFORMERS.values():

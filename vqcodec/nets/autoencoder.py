@@ -16,6 +16,8 @@ Data flow::
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,8 +27,10 @@ from torch import nn
 from vqcodec.nets.dual import DualCodebookVQ
 from vqcodec.nets.looc import LoocVQ
 from vqcodec.nets.quantizers import CosineVQ
+from vqcodec.nets.taef2 import LATENT_CHANNELS, LATENT_STRIDE, taef2_decoder, taef2_encoder
 
 QUANTIZERS = ("vq", "looc", "dual")
+BACKBONES = ("vqgan", "taef2")
 MAX_PLANES = 16
 """Index planes per position a .vqc header can declare (docs/bitstream.md)."""
 
@@ -48,6 +52,7 @@ class AutoencoderConfig:
     quantizer: str = "vq"  # vq | looc | dual (QUANTIZERS)
     m: int = 1  # vq: 1; looc: sub-vectors per latent; dual: 2
     extrapolate: bool = False  # looc: extrapolation-by-interpolation (4x the index planes)
+    backbone: str = "vqgan"  # vqgan: pixels in and out; taef2: the coder works in TAEF2's latent (stem = 8)
 
     @property
     def stride(self) -> int:
@@ -88,6 +93,22 @@ register_arch(
         embed_dim=256,
         n_embed=1024,
         cosine=False,
+    ),
+)
+register_arch(
+    "taef2-vq-f16",
+    AutoencoderConfig(
+        channels=(128, 192),
+        enc_res_blocks=(1, 2),
+        dec_res_blocks=(1, 2),
+        attn_levels=(),
+        stem=8,
+        z_channels=192,
+        embed_dim=16,
+        n_embed=1024,
+        cosine=True,
+        mid_attn=False,
+        backbone="taef2",
     ),
 )
 register_arch(
@@ -295,14 +316,86 @@ class Decoder(nn.Module):
         return self.unstem(self.conv_out(F.silu(self.norm_out(h))))
 
 
+class LatentEncoder(nn.Module):
+    """``backbone="taef2"``: image -> TAEF2 latent (B,32,H/8,W/8) -> coder -> (B,z,H/16,W/16).
+
+    The coder is a conv_in, ``enc_res_blocks[0]`` residual blocks at ``channels[0]``, a 4x4 stride-2
+    conv and ``enc_res_blocks[1]`` blocks at ``channels[1]``. When the TAEF2 part is frozen (the
+    trainer's default) it runs without autograd: no activations kept at full resolution.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        if len(cfg.channels) != 2 or cfg.stem != LATENT_STRIDE:
+            raise ValueError(f"the taef2 backbone needs two coder levels and stem = {LATENT_STRIDE}")
+        self.taef2 = taef2_encoder()
+        c0, c1 = cfg.channels
+        self.conv_in = nn.Conv2d(LATENT_CHANNELS, c0, 3, 1, 1)
+        self.block0 = nn.Sequential(*[ResnetBlock(c0, c0) for _ in range(cfg.enc_res_blocks[0])])
+        self.downsample = nn.Conv2d(c0, c1, 4, 2, 1)
+        self.block1 = nn.Sequential(*[ResnetBlock(c1, c1) for _ in range(cfg.enc_res_blocks[1])])
+        self.norm_out = _norm(c1)
+        self.conv_out = nn.Conv2d(c1, cfg.z_channels, 3, 1, 1)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [-1,1] -> TAEF2 latent (B,32,H/8,W/8)."""
+        trainable = any(p.requires_grad for p in self.taef2.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            return self.taef2(x * 0.5 + 0.5)
+
+    def code(self, lat: torch.Tensor) -> torch.Tensor:
+        h = self.block0(self.conv_in(lat))
+        h = self.block1(self.downsample(h))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.latent(x))
+
+
+class LatentDecoder(nn.Module):
+    """``backbone="taef2"``: (B,z,h,w) -> coder mirror -> TAEF2 latent (B,32,2h,2w) -> TAEF2 decoder.
+
+    Upsampling is nearest 2x + conv in latent space; the image comes from TAEF2's decoder (nearest
+    2x + conv three times at 64 channels), so there is no pixel-shuffle output stage and no grid.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        c0, c1 = cfg.channels
+        self.conv_in = nn.Conv2d(cfg.z_channels, c1, 3, 1, 1)
+        self.block1 = nn.Sequential(*[ResnetBlock(c1, c1) for _ in range(cfg.dec_res_blocks[1])])
+        self.upsample = nn.Conv2d(c1, c0, 3, 1, 1)
+        self.block0 = nn.Sequential(*[ResnetBlock(c0, c0) for _ in range(cfg.dec_res_blocks[0])])
+        self.norm_out = _norm(c0)
+        self.conv_out = nn.Conv2d(c0, LATENT_CHANNELS, 3, 1, 1)
+        self.taef2 = taef2_decoder()
+
+    def latent(self, z: torch.Tensor) -> torch.Tensor:
+        """(B,z,h,w) -> TAEF2 latent (B,32,2h,2w)."""
+        h = self.block1(self.conv_in(z))
+        h = self.upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        h = self.block0(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def render(self, lat: torch.Tensor) -> torch.Tensor:
+        """TAEF2 latent -> image in about [-1,1]."""
+        return self.taef2(lat) * 2.0 - 1.0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.render(self.latent(z))
+
+
 class VQAutoencoder(nn.Module):
     """Encoder + quant_conv + quantizer + post_quant_conv + decoder (taming's VQModel layout)."""
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; known: {', '.join(BACKBONES)}")
+        taef2 = cfg.backbone == "taef2"
+        self.encoder = LatentEncoder(cfg) if taef2 else Encoder(cfg)
+        self.decoder = LatentDecoder(cfg) if taef2 else Decoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
         self.quantize = build_quantizer(cfg)
@@ -310,6 +403,21 @@ class VQAutoencoder(nn.Module):
     @property
     def stride(self) -> int:
         return self.config.stride
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Inputs' layout for inference: channels_last for the taef2 backbone (its full-resolution
+        convolutions run fastest so in oneDNN); the vqgan backbone keeps the layout its shipped
+        outputs were measured with."""
+        return torch.channels_last if self.config.backbone == "taef2" else torch.contiguous_format
+
+    def autocast(self):
+        """The precision inference runs at: bf16 autocast for the taef2 backbone on CPUs with native
+        bf16 (AMX / AVX-512 BF16: 3-5x faster than fp32), fp32 otherwise and for the vqgan backbone,
+        whose shipped outputs stay bit-for-bit what they were. ``VQC_FP32=1`` forces fp32."""
+        if self.config.backbone == "taef2" and native_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [-1,1], H and W multiples of ``stride`` -> pre-quantization latent."""
@@ -328,8 +436,23 @@ class VQAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: returns ``(x_hat, codebook_loss, indices)``."""
-        z_q, qloss, idx = self.quantize(self.encode_latent(x))
+        z_q, qloss, idx = self.quantize_fp32(self.encode_latent(x))
         return self.decode_latent(z_q), qloss, idx
+
+    def quantize_fp32(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The quantizer's training pass in fp32 even under bf16 autocast: nearest-code search,
+        codebook loss and usage statistics need the precision (and restarts copy these latents)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.quantize(z.float())
+
+
+def native_bf16() -> bool:
+    """True on CPUs that run bf16 matrix work natively (and unless ``VQC_FP32=1``)."""
+    if os.environ.get("VQC_FP32") == "1":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, p, lambda: False)()) for p in probes)
 
 
 def build_autoencoder(arch: str | AutoencoderConfig) -> VQAutoencoder:

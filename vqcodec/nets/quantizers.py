@@ -33,7 +33,7 @@ def reseed_dead_codes(weight: torch.Tensor, usage: torch.Tensor, latents: torch.
         return 0
     pick = latents[torch.randint(0, latents.shape[0], (dead.numel(),), device=latents.device)]
     noise = 0.01 * torch.randn_like(pick)
-    weight.data[dead] = pick + noise
+    weight.data[dead] = (pick + noise).to(weight.dtype)
     usage[dead] = usage.mean()
     return int(dead.numel())
 

@@ -31,6 +31,14 @@ from vqcodec.train.data import list_images, load_rgb, split_holdout
 from vqcodec.zoo import save_bundle
 
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
+RECIPES = {
+    "vqgan": "pixel warm-up (L1+MSE, 64px crops, batch 32), then L1 + LPIPS-VGG(relu1_2..relu3_3) "
+    "on 128px crops, batch 8; cosine codebook with dead-code restarts",
+    "taef2": "TAEF2 (pretrained, MIT) encoder frozen; latent phase: coder on MSE to the TAEF2 latent (soft-clamped), "
+    "128px crops, batch 32; then coder + TAEF2 decoder on L1 + LPIPS-VGG(relu1_2..relu3_3), 192px crops, batch 6; "
+    "bf16 autocast + channels_last on CPU; cosine codebook with dead-code restarts",
+}
+"""What the training record says of how a backbone's base model was trained (``vqc train``'s schedule)."""
 
 
 @torch.inference_mode()
@@ -40,7 +48,8 @@ def collect_latents(model: VQAutoencoder, images: list[np.ndarray]) -> torch.Ten
     out = []
     for img in images:
         x = torch.from_numpy(pad_to_multiple(img, model.stride)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        z = model.encode_latent(x)
+        with model.autocast():
+            z = model.encode_latent(x.contiguous(memory_format=model.memory_format)).float()
         out.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
     return torch.cat(out)
 
@@ -64,7 +73,8 @@ def collect_maps(model: VQAutoencoder, images: list[np.ndarray]) -> list[torch.T
     out = []
     for img in images:
         x = torch.from_numpy(pad_to_multiple(img, model.stride)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        out.append(model.encode_latent(x))
+        with model.autocast():
+            out.append(model.encode_latent(x.contiguous(memory_format=model.memory_format)).float())
     return out
 
 
@@ -169,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps": int(state["step"]),
         "seconds": round(float(state["elapsed"])),
         "data": "../shared/datasets/train (704 photos, 8 held out); never Kodak",
-        "recipe": "pixel warm-up (L1+MSE, 64px crops, batch 32), then L1 + LPIPS-VGG(relu1_2..relu3_3) "
-        "on 128px crops, batch 8; cosine codebook with dead-code restarts",
+        "recipe": RECIPES.get(model.config.backbone, ""),
         "args": state.get("args", {}),
         "codebook_stats": {str(k): v for k, v in stats.items()},
         "statistics_images": len(images),

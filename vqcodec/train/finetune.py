@@ -17,6 +17,7 @@ index-map transformers are carried over: neither step changes what an index mean
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -56,10 +57,16 @@ def finetune_book(model, book: torch.Tensor, crops: CropStream, steps: int, batc
     opt = torch.optim.Adam([param], lr=lr)
     model.eval().requires_grad_(False)
 
-    def loss_of(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            idx = q.quantize(model.encode_latent(x), param.detach())
-        y = model.decode_latent(F.embedding(idx[:, 0], q.codes(param)).permute(0, 3, 1, 2))
+    fmt = getattr(model, "memory_format", torch.contiguous_format)
+    autocast = getattr(model, "autocast", contextlib.nullcontext)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:  # the codec's precision (bf16 for taef2 on AMX), losses in fp32
+        x = x.contiguous(memory_format=fmt)
+        with torch.no_grad(), autocast():
+            z = model.encode_latent(x).float()
+        idx = q.quantize(z, param.detach())
+        with autocast():
+            y = model.decode_latent(F.embedding(idx[:, 0], q.codes(param)).permute(0, 3, 1, 2)).float()
         loss = F.l1_loss(y, x)
         if lpips is not None and lpips_weight:
             loss = loss + lpips_weight * lpips(y, x).mean()

@@ -44,7 +44,9 @@ def index_maps(bundle, files: list[Path], max_side: int = 768, flips: bool = Tru
     for p in files:
         img = load_rgb(p, max_side)
         for pix in [img, img[:, ::-1]] if flips else [img]:
-            z = bundle.model.encode_latent(_to_tensor(pad_to_multiple(np.ascontiguousarray(pix), bundle.stride)))
+            x = _to_tensor(pad_to_multiple(np.ascontiguousarray(pix), bundle.stride))
+            with torch.inference_mode(), bundle.model.autocast():  # the codec's own precision (codec.analyze)
+                z = bundle.model.encode_latent(x.contiguous(memory_format=bundle.model.memory_format)).float()
             for k, book in books.items():
                 maps[k].append(bundle.model.quantize.quantize(z, book)[0, 0].numpy().astype(np.int16))
     return maps

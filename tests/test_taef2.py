@@ -1,0 +1,96 @@
+"""The taef2 backbone: TAEF2's published weights load and reconstruct, the coder has the codec's
+shapes, CPU training runs in bf16, and a run exports to a bundle that encodes and decodes with
+TAEF2's MIT notice beside its weights."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from vqcodec import codec
+from vqcodec.nets.autoencoder import build_autoencoder
+from vqcodec.nets.taef2 import default_weights_dir, load_pretrained, taef2_decoder, taef2_encoder
+from vqcodec.train import autoencoder, codebooks
+from vqcodec.zoo import load_model
+
+from .conftest import make_image
+from .test_train import photos  # noqa: F401  (fixture)
+
+needs_taef2 = pytest.mark.skipif(not (default_weights_dir() / "taef2_encoder.pth").exists(),
+                                 reason="TAEF2 weights (../shared/weights/taef2) not present")  # fmt: skip
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+@needs_taef2
+def test_pretrained_taef2_reconstructs_a_photo_like_image():
+    enc, dec = taef2_encoder().eval(), taef2_decoder().eval()
+    load_pretrained(enc, dec)  # strict: every published key and shape matches our modules
+    img = make_image(64, 96, seed=1)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        lat = enc(x)
+        y = dec(lat).clamp(0, 1)
+    assert lat.shape == (1, 32, 8, 12)
+    out = (y[0].permute(1, 2, 0).numpy() * 255).round()
+    assert _psnr(out, img) > 22  # a random-init decoder gives ~10 dB
+
+
+def test_taef2_coder_has_the_codec_shapes():
+    torch.manual_seed(0)
+    model = build_autoencoder("test-tiny-taef2").eval()
+    assert model.stride == 16
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        idx = model.encode_indices(x)
+        y = model.decode_indices(idx)
+    assert idx.shape == (2, 1, 4, 6) and y.shape == x.shape
+
+
+def _dtype_seen_by_first_conv(extra: list[str], photos, tmp_path) -> torch.dtype:  # noqa: F811
+    args = autoencoder.build_parser().parse_args(
+        ["--data", str(photos), "--out", str(tmp_path / "run"), "--arch", "test-tiny", "--pixel-crop", "32",
+         "--pixel-batch", "2", "--n-val", "2", "--workers", "0", "--threads", "1", *extra])  # fmt: skip
+    trainer = autoencoder.Trainer(args)
+    seen = []
+    hook = trainer.model.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    logs = trainer.train_step(x.contiguous(memory_format=torch.channels_last), autoencoder.phase_at(trainer.phases, 0))
+    hook.remove()
+    assert np.isfinite(logs["loss"])
+    return seen[0]
+
+
+def test_cpu_training_step_runs_in_bf16_unless_told_not_to(photos, tmp_path):  # noqa: F811
+    assert _dtype_seen_by_first_conv([], photos, tmp_path / "a") == torch.bfloat16
+    assert _dtype_seen_by_first_conv(["--no-bf16"], photos, tmp_path / "b") == torch.float32
+
+
+@needs_taef2
+def test_taef2_run_latent_phase_export_and_codec_round_trip(photos, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    autoencoder.main(["--data", str(photos), "--out", str(out), "--arch", "test-tiny-taef2", "--latent-steps", "2",
+                      "--latent-batch", "2", "--latent-crop", "32", "--pixel-steps", "2", "--crop", "32", "--batch", "2",
+                      "--lpips-weight", "0", "--steps", "4", "--n-val", "2", "--workers", "0", "--val-minutes", "0",
+                      "--threads", "1"])  # fmt: skip
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert rows[-1]["step"] == "4" and float(rows[-1]["val_psnr"]) > 0
+    state = torch.load(out / "last.ckpt", weights_only=True)
+    # the TAEF2 encoder is frozen (its index maps would drift otherwise); the decoder trains
+    pre = taef2_encoder()
+    load_pretrained(pre, None)
+    for k, v in pre.state_dict().items():
+        assert torch.equal(state["model"][f"encoder.taef2.{k}"], v)
+    codebooks.main([str(out / "last.ckpt"), "--out", str(tmp_path / "bundle"), "--name", "t2", "--arch",
+                    "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
+    assert "MIT License" in (tmp_path / "bundle" / "TAEF2-LICENSE").read_text()
+    bundle = load_model(tmp_path / "bundle")
+    assert "TAEF2-LICENSE" in bundle.manifest["licenses"]
+    img = make_image(50, 70, seed=3)
+    data = codec.encode(img, codebook_size=8, model=bundle)
+    out_img = codec.decode(data, model=bundle)
+    assert out_img.shape == img.shape and out_img.dtype == np.uint8
