@@ -52,3 +52,43 @@ def test_pillow_refuses_corrupt_header(tmp_path):
     (tmp_path / "bad.vqc").write_bytes(b"VQC\x07garbage")
     with pytest.raises(Exception):  # noqa: B017  Pillow wraps plugin errors as UnidentifiedImageError
         Image.open(tmp_path / "bad.vqc")
+
+
+def test_encode_max_bytes(tiny):
+    from vqcodec.errors import VqcBudgetError, VqcError
+
+    arr = make_image(40, 72)
+    sizes = {k: len(vqcodec.encode(arr, k, tiny)) for k in tiny.codebook_sizes}
+    for budget in sorted(set(sizes.values())):
+        data = vqcodec.encode(arr, model=tiny, max_bytes=budget)
+        k = vqcodec.info(data).header.codebook_size
+        assert len(data) <= budget and k == max(x for x, n in sizes.items() if n <= budget)
+        assert data == vqcodec.encode(arr, k, tiny)
+    assert vqcodec.encode(arr, model=tiny, max_bytes=np.int64(10_000)) == vqcodec.encode(arr, 64, tiny)
+    smallest = min(sizes.values())
+    with pytest.raises(VqcBudgetError) as e:
+        vqcodec.encode(arr, model=tiny, max_bytes=smallest - 1)
+    assert isinstance(e.value, VqcError) and e.value.exit_code == 1
+    assert (e.value.budget, e.value.smallest) == (smallest - 1, smallest)
+    assert vqcodec.VqcBudgetError is VqcBudgetError
+    for bad in (0, -1, 2.5, "100", True):
+        with pytest.raises(VqcUsageError, match="max_bytes"):
+            vqcodec.encode(arr, model=tiny, max_bytes=bad)
+    with pytest.raises(VqcUsageError, match="not both"):
+        vqcodec.encode(arr, 64, tiny, max_bytes=1000)
+
+
+def test_public_names_resolve_lazily():
+    from vqcodec import api, codec, fileinfo, imageio, zoo
+
+    assert vqcodec.encode is api.encode and vqcodec.decode_array is api.decode_array
+    assert vqcodec.info is fileinfo.info is codec.info and vqcodec.FileInfo is codec.FileInfo
+    assert vqcodec.Encoded is codec.Encoded and vqcodec.Bundle is zoo.Bundle
+    assert vqcodec.load_image is imageio.load_image and vqcodec.available is zoo.available
+    assert set(vqcodec.__all__) <= set(dir(vqcodec))
+    assert all(getattr(vqcodec, name) is not None for name in vqcodec.__all__)
+    from vqcodec import load_model  # from-imports go through the module __getattr__ too
+
+    assert load_model is zoo.load_model
+    with pytest.raises(AttributeError, match="no_such_name"):
+        vqcodec.no_such_name  # noqa: B018

@@ -203,3 +203,165 @@ def test_input_faults_are_one_line_errors(models_env, photo, tmp_path, capsys, m
     blob[-3] ^= 0x10
     (damaged / zoo.WEIGHTS).write_bytes(bytes(blob))
     check("sha256 mismatch", "decode", vqc, "--model", damaged)
+
+
+def _sizes(photo, model, **pack) -> dict[int, int]:
+    """File size per K for ``photo`` (what ``vqc encode -k K`` writes, with the same coding choice)."""
+    from vqcodec import codec, zoo
+    from vqcodec.container import CodingMode
+    from vqcodec.imageio import load_image
+
+    bundle = zoo.load_model(model)
+    pixels = load_image(photo).pixels
+    out = {}
+    for k in bundle.codebook_sizes:
+        enc = codec.analyze(pixels, bundle, k)
+        mode = CodingMode.STATIC if pack.get("packets") else codec.best_mode(bundle, k)
+        out[k] = len(codec.pack(enc, bundle, mode, pack.get("packets", 0)))
+    return out
+
+
+def _largest_fitting(sizes: dict[int, int], budget: int) -> int:
+    return max(k for k, n in sizes.items() if n <= budget)
+
+
+def test_max_bytes_picks_the_largest_k_that_fits(models_env, photo, tmp_path, capsys):
+    from vqcodec import fileinfo
+
+    sizes = _sizes(photo, models_env)
+    ks = sorted(sizes)
+    assert [sizes[k] for k in ks] == sorted(sizes[k] for k in ks)  # the premise: bytes grow with K
+    budgets = sorted({n for n in sizes.values()} | {n + 1 for n in sizes.values()} | {sizes[ks[-1]] + 100})
+    for budget in budgets:
+        out = tmp_path / f"b{budget}.vqc"
+        code, _, err = run(capsys, "encode", photo, "-o", out, "--max-bytes", budget, "--model", models_env)
+        assert code == 0, err
+        data = out.read_bytes()
+        k = fileinfo.info(data).header.codebook_size
+        assert len(data) <= budget
+        assert k == _largest_fitting(sizes, budget)
+        larger = [x for x in ks if x > k]
+        assert not larger or sizes[larger[0]] > budget  # the next K up would not have fitted
+        assert f"{len(data)} bytes" in err and f"K={k} (largest K within {budget} bytes)" in err
+        direct = tmp_path / "direct.vqc"  # one shared encoder pass gives the very bytes of -k K
+        assert run(capsys, "encode", photo, "-o", direct, "-k", k, "--model", models_env, "-q")[0] == 0
+        assert direct.read_bytes() == data
+
+
+def test_max_bytes_below_the_smallest_file_fails_cleanly(models_env, photo, tmp_path, capsys):
+    smallest = min(_sizes(photo, models_env).values())
+    out = tmp_path / "out.vqc"
+    code, stdout, err = run(capsys, "encode", photo, "-o", out, "--max-bytes", smallest - 1, "--model", models_env)
+    assert code == 1
+    assert f"fits in {smallest - 1} bytes" in err and f"is {smallest} bytes" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]  # no temporary file left either
+    code, stdout, err = run(capsys, "encode", photo, "-o", "-", "--max-bytes", 1, "--model", models_env)
+    assert code == 1 and stdout == ""
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--codebook", "16"], "not both"),
+        (["-k", "64"], "not both"),  # even the default value, when typed
+        (["--max-bytes", "0"], "positive"),
+        (["--max-bytes", "-5"], "positive"),
+        (["--max-bytes", "lots"], "--max-bytes"),
+        (["--entropy", "context"], "no context model"),  # the tiny bundle has none, for any K
+    ],
+)
+def test_max_bytes_usage_errors(models_env, photo, tmp_path, capsys, extra, needle):
+    out = tmp_path / "out.vqc"
+    args = ["encode", photo, "-o", out, "--model", models_env, *extra]
+    if "--max-bytes" not in extra:
+        args += ["--max-bytes", 1000]
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_max_bytes_keeps_the_packet_count(models_env, photo, tmp_path, capsys):
+    from vqcodec import fileinfo
+
+    sizes = _sizes(photo, models_env, packets=4)
+    budget = sorted(sizes.values())[len(sizes) // 2]
+    out = tmp_path / "p.vqc"
+    code, _, err = run(capsys, "encode", photo, "-o", out, "--max-bytes", budget, "--packets", 4,
+                       "--model", models_env)  # fmt: skip
+    assert code == 0, err
+    fi = fileinfo.info(out.read_bytes())
+    assert fi.file_bytes <= budget and fi.packets is not None and fi.packets.packets == 4
+    assert fi.header.codebook_size == _largest_fitting(sizes, budget)
+
+
+def test_max_bytes_batch_meets_the_budget_per_file(models_env, tmp_path, capsys):
+    from vqcodec import fileinfo
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, (h, w) in enumerate([(40, 72), (64, 96)]):
+        Image.fromarray(make_image(h, w, seed=i)).save(src / f"im{i}.png")
+    sizes = {p.stem: _sizes(p, models_env) for p in sorted(src.iterdir())}
+    budget = max(min(s.values()) for s in sizes.values())  # every image fits, with some K
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "vqc", "--max-bytes", budget, "--model", models_env)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "vqc").iterdir()) == ["im0.vqc", "im1.vqc"]
+    for stem, s in sizes.items():
+        data = (tmp_path / "vqc" / f"{stem}.vqc").read_bytes()
+        assert len(data) <= budget
+        assert fileinfo.info(data).header.codebook_size == _largest_fitting(s, budget)
+    assert f"largest K within {budget} bytes: K=" in err
+    # a budget only one image meets: the other fails (exit 1, named), the first is written
+    tight = min(min(s.values()) for s in sizes.values())
+    if tight < budget:
+        out = tmp_path / "tight"
+        code, _, err = run(capsys, "encode", src, "-o", out, "--max-bytes", tight, "--model", models_env)
+        assert code == 1 and f"fits in {tight} bytes" in err
+        assert len(list(out.iterdir())) == 1
+
+
+def test_light_commands_do_not_import_torch(models_env, photo, tmp_path):
+    """--help, info, models and corrupt only read containers and manifests: no torch at start-up
+    (VQC_THREADS set on purpose: it must not pull torch in for them either)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import vqcodec
+
+    data = vqcodec.encode(photo, 16, models_env)
+    (tmp_path / "p.vqc").write_bytes(data)
+    from vqcodec import codec, zoo
+
+    bundle = zoo.load_model(models_env)
+    packed = codec.pack(codec.analyze(make_image(40, 72), bundle, 16), bundle, packets=4)
+    (tmp_path / "pk.vqc").write_bytes(packed)
+    argvs = [
+        ["--help"],
+        ["info", str(tmp_path / "p.vqc")],
+        ["info", str(tmp_path / "pk.vqc")],
+        ["models"],
+        ["models", "list"],
+        ["models", "show", "tiny"],
+        ["corrupt", str(tmp_path / "pk.vqc"), "-o", str(tmp_path / "lossy.vqc"), "--loss", "0.5", "--seed", "1"],
+    ]
+    script = (
+        "import json, sys\n"
+        "from vqcodec.cli import main\n"
+        "codes = [main(a) for a in json.loads(sys.argv[1])]\n"
+        "import vqcodec\n"
+        "vqcodec.VqcError, vqcodec.info, vqcodec.FileInfo, vqcodec.available()\n"
+        "print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules}))\n"
+    )
+    env = {**os.environ, "VQC_MODELS": str(models_env.parent), "VQC_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["codes"] == [0] * len(argvs), proc.stderr
+    assert got["torch"] is False
+    assert "72x40" in proc.stdout and "tiny" in proc.stdout and (tmp_path / "lossy.vqc").exists()

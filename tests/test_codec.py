@@ -124,3 +124,49 @@ def test_reconstruction_is_a_function_of_the_indices(tiny):
     img = make_image(48, 48)
     enc = codec.analyze(img, tiny, 32)
     assert np.array_equal(codec.synthesize(enc, tiny), codec.synthesize(enc, tiny))
+
+
+def _fake_sizes(sizes: dict[int, int], calls: list[int]):
+    """A pack function whose file size per K is ``sizes`` (to test the search, not the coder)."""
+
+    def pack(enc):
+        calls.append(enc.codebook_size)
+        return b"x" * sizes[enc.codebook_size]
+
+    return pack
+
+
+def test_fit_binary_search_and_fallbacks(tiny):
+    from vqcodec.errors import VqcBudgetError
+
+    latent = codec.encode_latent(make_image(40, 72), tiny)
+    calls: list[int] = []
+    monotone = {8: 10, 16: 20, 32: 30, 64: 40}
+    for budget, want in [(10, 8), (25, 16), (30, 32), (99, 64)]:
+        calls.clear()
+        data, enc = codec.fit(latent, tiny, budget, _fake_sizes(monotone, calls))
+        assert enc.codebook_size == want and len(data) <= budget
+        assert len(calls) <= 3 and len(set(calls)) == len(calls)  # log2(4) + 1 packs, none twice
+    # not monotone: no probe of the binary search fits, yet K=32 does; then the climb past it
+    calls.clear()
+    data, enc = codec.fit(latent, tiny, 20, _fake_sizes({8: 30, 16: 50, 32: 10, 64: 60}, calls))
+    assert enc.codebook_size == 32 and len(data) == 10
+    data, enc = codec.fit(latent, tiny, 25, _fake_sizes({8: 10, 16: 15, 32: 20, 64: 30}, []), sizes=[8, 16, 32])
+    assert enc.codebook_size == 32
+    with pytest.raises(VqcBudgetError) as e:
+        codec.fit(latent, tiny, 9, _fake_sizes({8: 30, 16: 12, 32: 40, 64: 60}, []))
+    assert e.value.smallest == 12  # the true minimum, found by trying every K
+
+
+def test_fit_matches_analyze(tiny):
+    """The shared encoder pass gives the index maps ``analyze`` gives for each K."""
+    img = make_image(64, 96, seed=2)
+    latent = codec.encode_latent(img, tiny)
+    for k in tiny.codebook_sizes:
+        assert np.array_equal(codec.quantize(latent, tiny, k).indices, codec.analyze(img, tiny, k).indices)
+    sizes = {k: len(codec.pack(codec.analyze(img, tiny, k), tiny, packets=4)) for k in tiny.codebook_sizes}
+    budget = sorted(sizes.values())[1]
+    data = codec.encode_within(img, budget, tiny, packets=4)  # the packet count stays, the budget covers all
+    fi = codec.info(data)
+    assert len(data) <= budget and fi.packets is not None and fi.packets.packets == 4
+    assert fi.header.codebook_size == max(k for k, n in sizes.items() if n <= budget)

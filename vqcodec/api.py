@@ -23,6 +23,7 @@ from vqcodec.imageio import MAX_PIXELS, _to_rgb, load_image
 from vqcodec.zoo import Bundle
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
+DEFAULT_CODEBOOK = 64
 
 
 def as_pixels(image: ImageLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -48,23 +49,34 @@ def as_pixels(image: ImageLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def encode(
     image: ImageLike,
-    codebook: int = 64,
+    codebook: int | None = None,
     model: Bundle | str | os.PathLike | None = None,
     *,
     entropy: str = "auto",
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int | None = None,
 ) -> bytes:
     """Compress an image to the bytes of a .vqc file.
 
     Args:
         image: a PIL image, an (H, W, 3) / (H, W) uint8 array, or a path to an image file.
-        codebook: codebook size K, the rate knob (8 ... 1024 for the default model).
+        codebook: codebook size K, the rate knob (8 ... 1024 for the default model); default 64.
         model: a loaded ``Bundle``, a bundle name or folder; default: the shipped default.
         entropy: "auto" (context model when the bundle has one, else static), "static",
             "context" or "raw" (fixed-width indices, the paper's uncoded baseline).
         max_pixels: refuse images with more pixels than this.
+        max_bytes: instead of ``codebook``, the best quality that fits: the largest K whose
+            whole file is at most this many bytes (``vqcodec.info(data).header.codebook_size``
+            says which). Raises ``VqcBudgetError`` when even the smallest K is too big, and
+            ``VqcUsageError`` when ``codebook`` is given too.
     """
-    return codec.encode(as_pixels(image, max_pixels), codebook, _model(model), coding_mode(entropy), max_pixels)
+    mode = coding_mode(entropy)
+    if max_bytes is not None:
+        if codebook is not None:
+            raise VqcUsageError("give either codebook or max_bytes, not both: max_bytes chooses the codebook size")
+        return codec.encode_within(as_pixels(image, max_pixels), max_bytes, _model(model), mode, max_pixels)
+    k = DEFAULT_CODEBOOK if codebook is None else codebook
+    return codec.encode(as_pixels(image, max_pixels), k, _model(model), mode, max_pixels)
 
 
 def coding_mode(entropy: str) -> CodingMode | None:

@@ -13,6 +13,7 @@ import io
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class Result:
     in_bytes: int = 0
     out_bytes: int = 0
     pixels: int = 0
+    codebook: int = 0  # K of an encoded file (what --max-bytes chose)
 
 
 def _expand(inputs: list[str], suffixes: set[str]) -> tuple[list[Path | None], bool]:
@@ -152,9 +154,20 @@ def _summary(results: list[Result], quiet: bool, rate: bool) -> int:
 
 @app.command()
 def encode(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="image files, folders, globs, or - for stdin")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="output file, folder (batch) or -")] = None,
     codebook: Annotated[int, typer.Option("-k", "--codebook", help="codebook size K: the rate knob")] = 64,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-bytes",
+            metavar="N",
+            help="best quality within N bytes: the largest codebook size K whose whole .vqc file (packets "
+            "included) is at most N bytes, chosen per file; not with --codebook; fails (exit 1, no output) "
+            "when even the smallest K needs more",
+        ),
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
     entropy_coder: Annotated[
         str, typer.Option("--entropy", help="auto | static | context | raw (fixed-width, uncoded)")
@@ -169,33 +182,56 @@ def encode(
     """Compress images to .vqc files.
 
     Examples: vqc encode photo.png -o photo.vqc --codebook 64 ;
-    vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc
+    vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc ;
+    vqc encode photo.png --max-bytes 500
     """
     from vqcodec import codec, container, imageio, interleave, zoo
     from vqcodec.container import CodingMode
+    from vqcodec.errors import VqcBudgetError
 
+    if max_bytes is not None:
+        if _given(ctx, "codebook"):
+            raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
+        if max_bytes < 1:
+            raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {max_bytes}")
     files, batch = _expand(inputs, IMAGE_SUFFIXES)
     plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
-    bundle.codebook(codebook)  # fail early on an unavailable K
     from vqcodec.api import coding_mode
 
-    chosen = coding_mode(entropy_coder)
+    forced = coding_mode(entropy_coder)
     n_packets, packet_bytes = _parse_packets(packets)
-    if chosen is None:
-        chosen = CodingMode.STATIC if (n_packets or packet_bytes) else codec.best_mode(bundle, codebook)
-    mode = chosen
+    if max_bytes is None:
+        bundle.codebook(codebook)  # fail early on an unavailable K
+    else:
+        sizes = codec.budget_sizes(bundle, forced)  # fail early when forced context coding has no K
+
+    def mode_for(k: int) -> CodingMode:
+        if forced is not None:
+            return forced
+        return CodingMode.STATIC if (n_packets or packet_bytes) else codec.best_mode(bundle, k)
+
+    def pack(enc: codec.Encoded) -> bytes:
+        """The file to write for an index map: what --max-bytes measures against the budget."""
+        mode = mode_for(enc.codebook_size)
+        n = n_packets
+        if packet_bytes:
+            payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload
+            n = interleave.packets_for_bytes(packet_bytes - container.PACKET_OVERHEAD, payload)
+        return codec.pack(enc, bundle, mode, n)
 
     def work(job: Job) -> Result:
         try:
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
-            enc = codec.analyze(img.pixels, bundle, codebook)
-            n = n_packets
-            if packet_bytes:
-                payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload
-                n = interleave.packets_for_bytes(packet_bytes - container.PACKET_OVERHEAD, payload)
-            data = codec.pack(enc, bundle, mode, n)
+            if max_bytes is None:
+                enc = codec.analyze(img.pixels, bundle, codebook)
+                data = pack(enc)
+            else:
+                try:
+                    data, enc = codec.fit(codec.encode_latent(img.pixels, bundle), bundle, max_bytes, pack, sizes)
+                except VqcBudgetError as e:  # name the image: in a batch only some may not fit
+                    raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
             if job.dst is None:
                 sys.stdout.buffer.write(data)
                 sys.stdout.buffer.flush()
@@ -208,16 +244,23 @@ def encode(
         h, w = img.pixels.shape[:2]
         note = f" (converted {img.source_mode} to RGB)" if img.converted else ""
         size = job.src.stat().st_size if job.src is not None else 0
+        k = enc.codebook_size
+        within = f" (largest K within {max_bytes} bytes)" if max_bytes is not None else ""
         msg = (f"{job.src or '<stdin>'} {w}x{h}{note} -> {job.dst or '<stdout>'}: {len(data)} bytes, "
-               f"{len(data) * 8 / (w * h):.4f} bpp, K={codebook}, model {bundle.name}")  # fmt: skip
-        return Result(job, True, msg, size, len(data), w * h)
+               f"{len(data) * 8 / (w * h):.4f} bpp, K={k}{within}, model {bundle.name}")  # fmt: skip
+        return Result(job, True, msg, size, len(data), w * h, k)
 
     t0 = time.time()
-    results = _run(plan, work, jobs, quiet, f"encoding K={codebook}")
+    what = f"encoding K={codebook}" if max_bytes is None else f"encoding <= {max_bytes} bytes"
+    results = _run(plan, work, jobs, quiet, what)
     if not quiet and not batch:
         err.print(results[0].message, highlight=False)
     code = _summary(results, quiet, rate=True)
     if not quiet and batch:
+        if max_bytes is not None:
+            counts = Counter(r.codebook for r in results if r.ok)
+            chosen = ", ".join(f"K={k}: {n} file{'s' if n > 1 else ''}" for k, n in sorted(counts.items()))
+            err.print(f"largest K within {max_bytes} bytes: {chosen or 'none'}", highlight=False)
         err.print(f"{len(results)} files in {time.time() - t0:.1f}s", highlight=False)
     raise typer.Exit(code)
 
@@ -282,9 +325,9 @@ def decode(
 @app.command()
 def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
     """Show a .vqc file's header: version, model id, size, K, bytes, bpp."""
-    from vqcodec import codec, entropy
+    from vqcodec import entropy, fileinfo
 
-    fi = codec.info(_read(file))
+    fi = fileinfo.info(_read(file))
     h = fi.header
     hh, ww = fi.latent_shape
     n = h.m * hh * ww
@@ -377,6 +420,7 @@ def models_verify(name: Annotated[str | None, typer.Argument(help="bundle (defau
     """Check every file of a bundle (or of all bundles) against its sha256 and load it."""
     from vqcodec import zoo
 
+    _torch_threads()
     names = [name] if name else zoo.available()
     bad = 0
     for n in names:
@@ -479,17 +523,44 @@ def _parse_packets(spec: str | None) -> tuple[int, int]:
         raise VqcUsageError(f"--packets takes a count in 1..255 or a size like 200B (>= 16), not {spec!r}") from None
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (a default is not a choice)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def _one_line(msg: str) -> str:
     return " ".join(msg.split())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn every expected failure into one line + exit code."""
+def _torch_threads() -> None:
+    """Apply ``VQC_THREADS`` (torch's intra-op thread count), importing torch to do so: called
+    only by commands that run networks, so that info, corrupt and models start without torch."""
     threads = os.environ.get("VQC_THREADS")
     if threads:
+        try:
+            n = int(threads)
+        except ValueError:
+            raise VqcUsageError(f"VQC_THREADS must be a whole number, not {threads!r}") from None
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(n)
+
+
+TORCH_FREE = {"info", "corrupt", "models"}
+"""Commands that only read containers and manifests (``models verify`` loads networks: it asks
+for the threads itself)."""
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    # runs before every command (not for --help); no docstring: it would compete with the app's help
+    if ctx.invoked_subcommand not in TORCH_FREE:
+        _torch_threads()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn every expected failure into one line + exit code."""
     try:
         rv = app(args=argv, prog_name="vqc", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0

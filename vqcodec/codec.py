@@ -7,6 +7,8 @@ decode: container -> entropy decoder -> code vectors -> decoder -> crop -> pixel
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,10 @@ import torch
 
 from vqcodec import container, entropy, interleave, recovery
 from vqcodec.container import CodingMode, Header
-from vqcodec.errors import VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.fileinfo import FileInfo as FileInfo  # re-exported: FileInfo and info lived here
+from vqcodec.fileinfo import _latent_hw
+from vqcodec.fileinfo import info as info
 from vqcodec.imageio import MAX_PIXELS, check_size, pad_to_multiple
 from vqcodec.zoo import Bundle, find_by_id, load_model
 
@@ -62,28 +67,6 @@ class LossReport:
         return s
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    """What ``vqc info`` prints: the header plus sizes."""
-
-    header: Header
-    file_bytes: int
-    payload_bytes: int
-    packets: container.PacketScan | None = None
-
-    @property
-    def bpp(self) -> float:
-        return self.file_bytes * 8 / (self.header.width * self.header.height)
-
-    @property
-    def latent_shape(self) -> tuple[int, int]:
-        return _latent_hw(self.header.width, self.header.height, 16)
-
-
-def _latent_hw(width: int, height: int, stride: int) -> tuple[int, int]:
-    return -(-height // stride), -(-width // stride)
-
-
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
     return t / 127.5 - 1.0
@@ -94,19 +77,86 @@ def _to_pixels(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().numpy()
 
 
+@dataclass(frozen=True)
+class Latent:
+    """The encoder's output for one image, before quantization: what every K shares.
+
+    Quantizing it with each K-book gives that K's index map, so trying several K (``fit``) pays
+    for the encoder network once."""
+
+    z: torch.Tensor  # (1, d, h, w) float32
+    image_size: tuple[int, int]  # (width, height) of the original image
+    padded_size: tuple[int, int]  # (width, height) after padding to the stride
+
+
 @torch.inference_mode()
-def analyze(pixels: np.ndarray, bundle: Bundle, codebook_size: int) -> Encoded:
-    """(H, W, 3) uint8 -> index map with the K-codebook (no entropy coding)."""
+def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
+    """(H, W, 3) uint8 -> the encoder's latent of the image padded to the stride."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise VqcUsageError("pixels must be an (H, W, 3) uint8 array")
     h, w = pixels.shape[:2]
-    book = bundle.codebook(codebook_size)
     padded = pad_to_multiple(pixels, bundle.stride)
     model = bundle.model
     with model.autocast():
         z = model.encode_latent(_to_tensor(padded).contiguous(memory_format=model.memory_format)).float()
-    idx = model.quantize.quantize(z, book)[0].numpy().astype(np.int64)
-    return Encoded(idx, (w, h), (padded.shape[1], padded.shape[0]), codebook_size, bundle.model_id)
+    return Latent(z, (w, h), (padded.shape[1], padded.shape[0]))
+
+
+@torch.inference_mode()
+def quantize(latent: Latent, bundle: Bundle, codebook_size: int) -> Encoded:
+    """Latent -> index map with the K-codebook (nearest codes, as the encoder would)."""
+    book = bundle.codebook(codebook_size)
+    idx = bundle.model.quantize.quantize(latent.z, book)[0].numpy().astype(np.int64)
+    return Encoded(idx, latent.image_size, latent.padded_size, codebook_size, bundle.model_id)
+
+
+def analyze(pixels: np.ndarray, bundle: Bundle, codebook_size: int) -> Encoded:
+    """(H, W, 3) uint8 -> index map with the K-codebook (no entropy coding)."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise VqcUsageError("pixels must be an (H, W, 3) uint8 array")
+    bundle.codebook(codebook_size)  # an unavailable K fails before the encoder runs
+    return quantize(encode_latent(pixels, bundle), bundle, codebook_size)
+
+
+def fit(
+    latent: Latent, bundle: Bundle, max_bytes: int, pack_fn: Callable[[Encoded], bytes], sizes: list[int] | None = None
+) -> tuple[bytes, Encoded]:
+    """The best quality within ``max_bytes``: the file of the largest K whose whole file fits.
+
+    ``pack_fn`` turns an index map into the final file bytes (coding mode, packets: the
+    caller's choice), so the budget holds for exactly what gets written. The file size grows
+    with K in practice, so a binary search over the sorted K list packs about log2(#K) of
+    them; every size it compares is measured, so the choice always fits. Should the sizes not
+    be monotone, the larger neighbours of the choice are checked too (free when they were
+    measured), and when no probe fits every K is tried before giving up, so "nothing fits"
+    is never a search artefact. Raises ``VqcBudgetError`` naming the smallest size reached.
+    """
+    max_bytes = check_budget(max_bytes)
+    ks = sorted(bundle.codebook_sizes if sizes is None else sizes)
+    if not ks:
+        raise VqcUsageError(f"model {bundle.name!r} offers no codebook size to choose from")
+    tried: dict[int, tuple[bytes, Encoded]] = {}
+
+    def size(i: int) -> int:
+        if i not in tried:
+            enc = quantize(latent, bundle, ks[i])
+            tried[i] = (pack_fn(enc), enc)
+        return len(tried[i][0])
+
+    best, lo, hi = -1, 0, len(ks) - 1
+    while lo <= hi:  # largest i with size(i) <= max_bytes, if sizes grow with K
+        mid = (lo + hi) // 2
+        if size(mid) <= max_bytes:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    if best < 0:  # even K = ks[0] is too big; make sure no other K fits before saying so
+        best = max((i for i in range(len(ks)) if size(i) <= max_bytes), default=-1)
+        if best < 0:
+            raise VqcBudgetError(max_bytes, min(size(i) for i in range(len(ks))))
+    while best + 1 < len(ks) and size(best + 1) <= max_bytes:  # not monotone after all: climb
+        best += 1
+    return tried[best]
 
 
 @torch.inference_mode()
@@ -214,6 +264,57 @@ def encode(
     check_size(pixels.shape[1], pixels.shape[0], max_pixels)
     mode = best_mode(bundle, codebook_size) if mode is None else mode
     return pack(analyze(pixels, bundle, codebook_size), bundle, mode)
+
+
+def check_budget(max_bytes: int) -> int:
+    """A ``max_bytes`` value, checked before any work: a positive whole number of bytes."""
+    try:
+        n = operator.index(max_bytes)  # ints and numpy integers; not floats, strings or bools
+    except TypeError:
+        n = 0
+    if isinstance(max_bytes, bool) or n < 1:
+        raise VqcUsageError(f"max_bytes must be a positive whole number of bytes, not {max_bytes!r}")
+    return n
+
+
+def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
+    """The K a byte budget may choose from: every K, but for forced context coding only those
+    with a context model (the others cannot be coded that way at all)."""
+    ks = bundle.codebook_sizes
+    if mode != CodingMode.CONTEXT:
+        return ks
+    net = bundle.recovery_model if bundle.m == 1 else None
+    usable = [k for k in ks if net is not None and k in net.config.sizes]
+    if not usable:
+        _context_net(bundle, ks[0])  # raises the usual "no context model" usage error
+    return usable
+
+
+def encode_within(
+    pixels: np.ndarray,
+    max_bytes: int,
+    model: Bundle | str | None = None,
+    mode: CodingMode | None = None,
+    max_pixels: int = MAX_PIXELS,
+    packets: int = 0,
+) -> bytes:
+    """Compress with the largest K whose whole .vqc file is at most ``max_bytes`` (``fit``).
+
+    ``mode`` None picks per K what ``encode`` would (``best_mode``; static when packetized).
+    ``packets`` > 0 keeps that packet count whatever K is chosen: the budget covers the whole
+    packetized file. Raises ``VqcBudgetError`` when even the smallest K does not fit.
+    """
+    max_bytes = check_budget(max_bytes)
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    sizes = budget_sizes(bundle, mode)
+
+    def pack_fn(enc: Encoded) -> bytes:
+        k = enc.codebook_size
+        chosen = mode if mode is not None else CodingMode.STATIC if packets else best_mode(bundle, k)
+        return pack(enc, bundle, chosen, packets)
+
+    return fit(encode_latent(pixels, bundle), bundle, max_bytes, pack_fn, sizes)[0]
 
 
 def unpack(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[Encoded, Bundle]:
@@ -336,12 +437,3 @@ def decode(
     Packetized files decode whatever was lost: missing indices are predicted with ``method``.
     """
     return decode_with_report(data, model, max_pixels, method)[0]
-
-
-def info(data: bytes) -> FileInfo:
-    """Header and sizes of a .vqc file (the checksum is verified; packets are counted)."""
-    if container.is_packetized(bytes(data[:4])):
-        scan = container.scan_packets(data)
-        return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads.values()), scan)
-    header, payload = container.unpack(data)
-    return FileInfo(header, len(data), len(payload))

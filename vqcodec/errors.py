@@ -27,3 +27,21 @@ class VqcUsageError(VqcError):
     """Invalid options (an unavailable codebook size, a bad flag value...)."""
 
     exit_code = 2
+
+
+class VqcBudgetError(VqcError):
+    """No codebook size fits a ``max_bytes`` budget: the image needs more bytes than allowed.
+
+    Exit 1, not 2: the request is well-formed, this image is just too costly for it (another
+    image may fit the same budget). ``budget`` and ``smallest`` (the smallest file any K
+    gives) let a caller retry with a budget that works."""
+
+    def __init__(self, budget: int, smallest: int) -> None:
+        super().__init__(
+            f"no codebook size fits in {budget} bytes: the smallest file this image gives is {smallest} bytes"
+        )
+        self.budget = budget
+        self.smallest = smallest
+
+    def __reduce__(self):  # pickles (process pools) with its two numbers, not the message
+        return type(self), (self.budget, self.smallest)

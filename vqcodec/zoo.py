@@ -18,14 +18,19 @@ import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from vqcodec.entropy import FrequencyTable
 from vqcodec.errors import VqcModelError, VqcUsageError
-from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder, quantizer_record
+
+# torch, safetensors and the networks are imported only where weights are read or written, so
+# that listing bundles and reading manifests (vqc models, find_by_id) start without torch
+if TYPE_CHECKING:
+    import torch
+
+    from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder
 
 DEFAULT_MODEL = "vqc-small"
 MANIFEST = "manifest.json"
@@ -80,6 +85,8 @@ class Bundle:
     def transformer(self, kind: str):
         """The ``masked`` or ``ar`` index-map transformer, loaded once; None if not shipped."""
         if kind not in self._transformers and self.has_transformer(kind):
+            from safetensors.torch import load_file
+
             from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
 
             key, fname = TRANSFORMERS[kind]
@@ -173,6 +180,8 @@ def _check_bytes(path: Path, limit: int) -> None:
 
 def _checked_build(path: Path, build, config) -> torch.nn.Module:
     """Build a network only after counting its parameters on the meta device (no memory)."""
+    import torch
+
     try:
         with torch.device("meta"):
             n = sum(p.numel() for p in build(config).parameters())
@@ -254,6 +263,10 @@ def find_by_id(model_id: int) -> Path:
 
 def load_bundle_state(folder: str | os.PathLike) -> tuple[AutoencoderConfig, dict, dict]:
     """(config, fp32 state dict, training record) of a bundle: what a trainer resumes from."""
+    from safetensors.torch import load_file
+
+    from vqcodec.nets.autoencoder import AutoencoderConfig
+
     folder = find_bundle(folder)
     manifest = _read_manifest(folder)
     cfg = AutoencoderConfig.from_dict(manifest["config"])
@@ -263,6 +276,11 @@ def load_bundle_state(folder: str | os.PathLike) -> tuple[AutoencoderConfig, dic
 
 @lru_cache(maxsize=4)
 def _load_cached(folder: str, mtime: float) -> Bundle:
+    import torch
+    from safetensors.torch import load_file
+
+    from vqcodec.nets.autoencoder import AutoencoderConfig, build_autoencoder
+
     path = Path(folder)
     manifest = _read_manifest(path)
     try:
@@ -323,6 +341,11 @@ def save_bundle(
     """Write a bundle (fp16 weights) and its manifest; returns the manifest.
 
     ``plane_tables`` (m > 1): per K, one frequency table per index plane (``freq.<K>.<j>``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vqcodec.nets.autoencoder import quantizer_record
+
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
           if not k.endswith("usage")}  # fmt: skip
@@ -382,6 +405,9 @@ def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict
     """Add (or replace) a bundle's index-map transformer (``kind`` masked or ar); the model id
     does not change, since it only hashes the autoencoder and codebooks, so static-coded files
     still decode (context-coded ones carry the transformer's own tag)."""
+    import torch
+    from safetensors.torch import save_file
+
     key, fname = TRANSFORMERS[kind]
     folder = find_bundle(folder)
     manifest = _read_manifest(folder)

@@ -27,7 +27,7 @@ from torch import nn
 from vqcodec.nets.dual import DualCodebookVQ
 from vqcodec.nets.looc import LoocVQ
 from vqcodec.nets.quantizers import CosineVQ
-from vqcodec.nets.taef2 import LATENT_CHANNELS, LATENT_STRIDE, taef2_decoder, taef2_encoder
+from vqcodec.nets.taef2 import LATENT_CHANNELS, LATENT_STRIDE, GroupNorm, taef2_decoder, taef2_encoder
 
 QUANTIZERS = ("vq", "looc", "dual")
 BACKBONES = ("vqgan", "taef2")
@@ -159,7 +159,8 @@ def quantizer_record(q: nn.Module) -> dict:
 
 
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, ch, eps=1e-6, affine=True)
+    """taming's GroupNorm(32), with thread-count-independent statistics (``taef2.GroupNorm``)."""
+    return GroupNorm(32, ch, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

@@ -33,6 +33,31 @@ LATENT_CLAMP = 3.0
 """The TAEF2 decoder's first op squashes latents with ``3 tanh(z / 3)``: latent losses compare there."""
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose output does not depend on the number of CPU threads.
+
+    torch splits the reduction of a few large groups across threads, so the statistics, and
+    through them every pixel after them, changed with ``OMP_NUM_THREADS`` (TAEF2's decoder in bf16:
+    15 % of the samples of kodim23 differed, by up to 8 levels, between 1 and 2 threads; every
+    other layer was identical). Summed in float64, the order no longer reaches the float32
+    statistics, so a decode is the same for any thread count (docs/architecture.md). Same
+    parameters and state_dict keys as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        g = x.float().reshape(b, self.num_groups, -1)
+        g64 = g.double()
+        mean = g64.mean(-1, keepdim=True)
+        var = (g64 - mean).square().mean(-1, keepdim=True)
+        y = ((g - mean.float()) * torch.rsqrt(var.float() + self.eps)).reshape(x.shape)
+        if self.affine:
+            y = y * self.weight.float().view(1, c, *([1] * (x.dim() - 2))) + self.bias.float().view(
+                1, c, *([1] * (x.dim() - 2))
+            )
+        return y.to(x.dtype) if not torch.is_autocast_enabled("cpu") else y
+
+
 def _conv(cin: int, cout: int, **kw) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, **kw)
 
@@ -58,7 +83,7 @@ class Block(nn.Module):
         self.fuse = nn.ReLU()
         self.pool = (
             nn.Sequential(
-                nn.Conv2d(ch, 4 * ch, 1, bias=False), nn.GroupNorm(4, 4 * ch), nn.ReLU(), nn.Conv2d(4 * ch, ch, 1, bias=False)
+                nn.Conv2d(ch, 4 * ch, 1, bias=False), GroupNorm(4, 4 * ch), nn.ReLU(), nn.Conv2d(4 * ch, ch, 1, bias=False)
             )
             if pool
             else None
@@ -116,5 +141,5 @@ def load_pretrained(encoder: nn.Module | None, decoder: nn.Module | None, folder
     return folder
 
 
-__all__ = ["LATENT_CHANNELS", "LATENT_CLAMP", "LATENT_STRIDE", "Block", "load_pretrained", "taef2_decoder",
+__all__ = ["LATENT_CHANNELS", "LATENT_CLAMP", "LATENT_STRIDE", "Block", "GroupNorm", "load_pretrained", "taef2_decoder",
            "taef2_encoder"]  # fmt: skip

@@ -1,0 +1,44 @@
+"""What ``vqc info`` shows about a .vqc file, without torch.
+
+Reading a header needs only the container layout, so this lives apart from ``codec`` (which
+imports torch and the networks): ``vqc info`` then starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vqcodec import container
+from vqcodec.container import Header
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``vqc info`` prints: the header plus sizes."""
+
+    header: Header
+    file_bytes: int
+    payload_bytes: int
+    packets: container.PacketScan | None = None
+
+    @property
+    def bpp(self) -> float:
+        return self.file_bytes * 8 / (self.header.width * self.header.height)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return _latent_hw(self.header.width, self.header.height, 16)
+
+
+def _latent_hw(width: int, height: int, stride: int) -> tuple[int, int]:
+    """Index-map (rows, columns) of a width x height image: the padded size over the stride."""
+    return -(-height // stride), -(-width // stride)
+
+
+def info(data: bytes) -> FileInfo:
+    """Header and sizes of a .vqc file (the checksum is verified; packets are counted)."""
+    if container.is_packetized(bytes(data[:4])):
+        scan = container.scan_packets(data)
+        return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads.values()), scan)
+    header, payload = container.unpack(data)
+    return FileInfo(header, len(data), len(payload))
