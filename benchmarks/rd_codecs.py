@@ -279,12 +279,19 @@ class VQC(Codec):
             self.name = f"vqcodec ({man['name']} {man['model_id']})"
             self.settings = list(man["codebook_sizes"])
             self._version = man["model_id"]
+            # the context model decides the bytes but not the model id: a bundle that gains or
+            # changes one is measured again (the first 4 hex digits are the file's context tag)
+            ctx = man["files"].get(zoo.RECOVERY)
+            self._signature = f"context {ctx[:4]}" if ctx else "static"
             self._missing = None
         except Exception as e:  # noqa: BLE001
             self.name, self.settings, self._version, self._missing = "vqcodec", [], "", str(e)
 
     def unavailable(self):
         return self._missing
+
+    def signature(self) -> str:
+        return getattr(self, "_signature", "")
 
     def version(self):
         return f"model id {self._version}"
