@@ -152,7 +152,7 @@ def plots(summary: list[dict], out: Path, reference: dict[str, list[dict]] | Non
         ax.set_xlabel("bpp (whole file)")
         ax.set_ylabel(m + (" (lower is better)" if METRICS[m] else ""))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper right", fontsize=7)  # our curves sit top left, the published ones bottom left
         fig.tight_layout()
         fig.savefig(out / f"rd_{m}.png", dpi=110)
         plt.close(fig)
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", "--models", dest="models", nargs="*", default=None,
                     help="vqcodec bundles to run (default: every installed bundle)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--vqc-ks", type=int, nargs="*", default=None,
+                    help="only these codebook sizes of each vqcodec bundle (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--anchors", nargs="*", default=["BPG", "VVC"], help="codecs the BD-rates are taken against")
     args = ap.parse_args(argv)
@@ -204,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args.models = args.models or zoo.available() or [None]
     codecs = usable(args.models, args.codecs)
+    for c in codecs:
+        if args.vqc_ks and c.name.startswith("vqcodec"):
+            c.settings = [k for k in c.settings if k in args.vqc_ks]
     for c in codecs:
         print(f"{c.name}: {c.version()}; settings {c.settings}")
     cache_path = args.out / "cache.jsonl"
@@ -227,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
                 cf.write(json.dumps(r) + "\n")
             cf.flush()
             prog.advance(task, len(done))
-    sigs = {(c.name, c.signature()) for c in codecs}
-    rows = [r for r in cache.values() if (r["codec"], r.get("sig", "")) in sigs and r["image"] in {p.name for p in images}]
+    wanted = {(c.name, c.signature(), str(s)) for c in codecs for s in c.settings}  # this run's codecs and settings
+    rows = [r for r in cache.values()
+            if (r["codec"], r.get("sig", ""), str(r["setting"])) in wanted and r["image"] in {p.name for p in images}]
     with open(args.out / "rd.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()

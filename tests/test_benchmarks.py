@@ -176,11 +176,11 @@ def test_vvc_is_configured_for_one_intra_picture(tmp_path):
     if vvc.unavailable():
         pytest.skip(vvc.unavailable())
     cmd = vvc.command("vvencapp", tmp_path / "in.yuv", 128, 128, 50, tmp_path / "o.266")
-    for flag, value in (("-r", "1"), ("--intraperiod", "1"), ("--qpa", "0"), ("--internal-bitdepth", "10")):
+    for flag, value in (("-r", "1"), ("--intraperiod", "1"), ("--qpa", "1"), ("--internal-bitdepth", "10")):
         assert cmd[cmd.index(flag) + 1] == value
     assert "slow" in vvc.signature() and cmd[cmd.index("--preset") + 1] == "slow"
     nbytes, rec, _, _ = vvc.run(make_image(128, 128, seed=0), 50, tmp_path)
-    assert nbytes < 300  # 209 bytes with the all-intra command, 408 with the old one (medium, 60 fps)
+    assert nbytes < 300  # 222 bytes with the all-intra command, 408 with the old one (medium, 60 fps, QPA off)
     assert rec.shape == (128, 128, 3)
 
 
@@ -188,8 +188,23 @@ def test_rd_cache_key_carries_the_codec_signature(tmp_path):
     """A result measured with an older command (another signature) is not served for the new one."""
     rd = _load("rd")
     rows = [{"codec": "VVC", "setting": 50, "image": "a.png", "bpp": 1.0},
-            {"codec": "VVC", "setting": 50, "image": "a.png", "sig": "vvenc slow r1 ip1 qpa0 yuv420p10", "bpp": 0.5}]  # fmt: skip
+            {"codec": "VVC", "setting": 50, "image": "a.png", "sig": "vvenc slow r1 ip1 qpa1 yuv420p10", "bpp": 0.5}]  # fmt: skip
     (tmp_path / "cache.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
     cache = rd.load_cache(tmp_path / "cache.jsonl")
     assert cache[("VVC", "50", "a.png", "")]["bpp"] == 1.0
-    assert cache[("VVC", "50", "a.png", "vvenc slow r1 ip1 qpa0 yuv420p10")]["bpp"] == 0.5
+    assert cache[("VVC", "50", "a.png", "vvenc slow r1 ip1 qpa1 yuv420p10")]["bpp"] == 0.5
+
+
+def test_published_reference_curves_load_with_sources():
+    """The field's published Kodak points (drawn dashed on the rd plots) parse, each with a source."""
+    import csv as _csv
+
+    rd = _load("rd")
+    ref = rd.published()
+    assert {"StableCodec", "MS-ILLM", "GLC"} <= set(ref)
+    assert [p["lpips"] for p in ref["StableCodec"]] == [0.310, 0.244, 0.207, 0.182, 0.166]
+    for pts in ref.values():
+        assert all(0 < p["bpp"] < 0.1 and 0 < p["lpips"] < 1 for p in pts)
+        assert [p["bpp"] for p in pts] == sorted(p["bpp"] for p in pts)
+    for row in _csv.DictReader(open(REPO / "benchmarks" / "published_kodak.csv")):
+        assert row["source"] and row["value"].split()[0] in ("exact", "read")

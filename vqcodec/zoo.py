@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder
 
-DEFAULT_MODEL = "vqc-small"
+DEFAULT_MODEL = "vqc-gen"
 MANIFEST = "manifest.json"
 WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"

@@ -82,7 +82,10 @@ def finetune_book(model, book: torch.Tensor, crops: CropStream, steps: int, batc
         opt.step()
     with torch.no_grad():
         after = loss_of(held).item()
-    return param.detach(), {"steps": steps, "probe_loss_before": round(before, 5), "probe_loss_after": round(after, 5)}
+    log = {"steps": steps, "probe_loss_before": round(before, 5), "probe_loss_after": round(after, 5)}
+    if after >= before:  # fine-tuning did not pay on the probe batch: keep the K-means book
+        return book.clone(), {**log, "kept": "k-means"}
+    return param.detach(), log
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,3 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     man = save_bundle(args.out, args.name or bundle.name, model, bundle.manifest["arch"], books, tables, training)
     man = copy_transformers(bundle, args.out)
     print(f"wrote {args.out} ({man['model_id']})")
+
+
+if __name__ == "__main__":
+    main()

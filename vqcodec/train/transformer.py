@@ -12,6 +12,7 @@ the masked positions. Resumable (``last.ckpt``), logged (``log.csv``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="train in fp32 (default: bf16 autocast; losses in fp32, weights and inference stay fp32)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
     ap.add_argument("--context-levels", type=int, default=2, choices=[1, 2],
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"starting from {bundle.path}'s {kind} transformer (step {step})", flush=True)
     logf = open(args.out / "log.csv", "a", newline="")
     log = csv.writer(logf)
+    def amp():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+
     t0 = last_save = time.time()
     warm0 = step if args.from_bundle and not args.resume else 0  # fresh optimizer state: warm up again
     step0 = step
@@ -239,9 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             scale *= anneal_factor(min(1.0, done))
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
-        logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
+        with amp():  # bf16 on AMX CPUs; the shipped weights are fp32 and the coder runs them in fp32
+            logits = model(x, m, k, offset=(rng.randrange(48), rng.randrange(48)))
         sel = torch.ones_like(m) if cfg.causal else m  # causal: every next index; masked: the holes
-        loss = F.cross_entropy(logits[sel], x[sel])
+        loss = F.cross_entropy(logits[sel].float(), x[sel])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -290,3 +297,7 @@ def _save(path: Path, model, opt, step, rng, cfg) -> None:
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
                 "config": cfg.to_dict()}, tmp)  # fmt: skip
     os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
