@@ -186,7 +186,6 @@ def encode(
     vqc encode photo.png --max-bytes 500
     """
     from vqcodec import codec, container, imageio, interleave, zoo
-    from vqcodec.container import CodingMode
     from vqcodec.errors import VqcBudgetError
 
     if max_bytes is not None:
@@ -206,14 +205,9 @@ def encode(
     else:
         sizes = codec.budget_sizes(bundle, forced)  # fail early when forced context coding has no K
 
-    def mode_for(k: int) -> CodingMode:
-        if forced is not None:
-            return forced
-        return CodingMode.STATIC if (n_packets or packet_bytes) else codec.best_mode(bundle, k)
-
     def pack(enc: codec.Encoded) -> bytes:
         """The file to write for an index map: what --max-bytes measures against the budget."""
-        mode = mode_for(enc.codebook_size)
+        mode = codec.mode_for(bundle, enc.codebook_size, forced, bool(n_packets or packet_bytes))
         n = n_packets
         if packet_bytes:
             payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload

@@ -290,6 +290,14 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     return usable
 
 
+def mode_for(bundle: Bundle, k: int, forced: CodingMode | None, packetized: bool) -> CodingMode:
+    """The coding mode of an encode at K: ``forced`` when given, else static for packetized files
+    (packets decode on their own) and ``best_mode`` otherwise."""
+    if forced is not None:
+        return forced
+    return CodingMode.STATIC if packetized else best_mode(bundle, k)
+
+
 def encode_within(
     pixels: np.ndarray,
     max_bytes: int,
@@ -310,9 +318,7 @@ def encode_within(
     sizes = budget_sizes(bundle, mode)
 
     def pack_fn(enc: Encoded) -> bytes:
-        k = enc.codebook_size
-        chosen = mode if mode is not None else CodingMode.STATIC if packets else best_mode(bundle, k)
-        return pack(enc, bundle, chosen, packets)
+        return pack(enc, bundle, mode_for(bundle, enc.codebook_size, mode, packets > 0), packets)
 
     return fit(encode_latent(pixels, bundle), bundle, max_bytes, pack_fn, sizes)[0]
 

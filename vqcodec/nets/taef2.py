@@ -52,9 +52,8 @@ class GroupNorm(nn.GroupNorm):
         var = (g64 - mean).square().mean(-1, keepdim=True)
         y = ((g - mean.float()) * torch.rsqrt(var.float() + self.eps)).reshape(x.shape)
         if self.affine:
-            y = y * self.weight.float().view(1, c, *([1] * (x.dim() - 2))) + self.bias.float().view(
-                1, c, *([1] * (x.dim() - 2))
-            )
+            per_channel = (1, c) + (1,) * (x.dim() - 2)
+            y = y * self.weight.float().view(per_channel) + self.bias.float().view(per_channel)
         return y.to(x.dtype) if not torch.is_autocast_enabled("cpu") else y
 
 
@@ -62,11 +61,16 @@ def _conv(cin: int, cout: int, **kw) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, **kw)
 
 
+def squash(z: torch.Tensor) -> torch.Tensor:
+    """Soft clamp to (-3, 3): the latent as TAEF2's decoder sees it (latent losses compare here)."""
+    return torch.tanh(z / LATENT_CLAMP) * LATENT_CLAMP
+
+
 class Clamp(nn.Module):
-    """Soft clamp to (-3, 3), the decoder's input stage."""
+    """``squash`` as a module: the decoder's input stage."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / LATENT_CLAMP) * LATENT_CLAMP
+        return squash(x)
 
 
 class Block(nn.Module):
@@ -141,5 +145,5 @@ def load_pretrained(encoder: nn.Module | None, decoder: nn.Module | None, folder
     return folder
 
 
-__all__ = ["LATENT_CHANNELS", "LATENT_CLAMP", "LATENT_STRIDE", "Block", "GroupNorm", "load_pretrained", "taef2_decoder",
-           "taef2_encoder"]  # fmt: skip
+__all__ = ["LATENT_CHANNELS", "LATENT_CLAMP", "LATENT_STRIDE", "Block", "GroupNorm", "load_pretrained", "squash",
+           "taef2_decoder", "taef2_encoder"]  # fmt: skip

@@ -39,6 +39,7 @@ from PIL import Image
 
 from vqcodec.nets.autoencoder import ARCHS, QUANTIZERS, AutoencoderConfig, build_autoencoder, build_quantizer
 from vqcodec.nets.discriminator import PatchDiscriminator
+from vqcodec.nets.taef2 import squash
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
 
 VAL_KS = (8, 64)
@@ -364,7 +365,7 @@ class Trainer:
                     lat = enc.latent(x).float()
                 z_q, qloss, _ = model.quantize_fp32(model.quant_conv(enc.code(lat)))
                 lat_hat = dec.latent(model.post_quant_conv(z_q)).float()
-                rec = F.mse_loss(_squash(lat_hat), _squash(lat))
+                rec = F.mse_loss(squash(lat_hat), squash(lat))  # compared as TAEF2's decoder sees them
                 loss = rec + qloss
                 logs = {"latent_mse": rec.item(), "q": qloss.item()}
                 x_hat = None
@@ -559,13 +560,6 @@ def kmeans(x: torch.Tensor, k: int, rounds: int = 10, generator: torch.Generator
         n = torch.bincount(a, minlength=k).float()[:, None]
         c = torch.where(n > 0, s / n.clamp_min(1), c)
     return c
-
-
-def _squash(lat: torch.Tensor) -> torch.Tensor:
-    """TAEF2 latents as its decoder sees them (soft-clamped to +-3): the latent loss compares there."""
-    from vqcodec.nets.taef2 import LATENT_CLAMP
-
-    return torch.tanh(lat / LATENT_CLAMP) * LATENT_CLAMP
 
 
 class _null:
