@@ -14,15 +14,16 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vqcodec.errors import VqcError, VqcUsageError
@@ -119,7 +120,8 @@ def _run(jobs: list[Job], work: Callable[[Job], Result], n_jobs: int, quiet: boo
     if n_jobs < 1:
         raise VqcUsageError("--jobs must be at least 1")
     if len(jobs) == 1:
-        r = work(jobs[0])
+        with _tile_progress(quiet):
+            r = work(jobs[0])
         if not r.ok:
             raise VqcError(r.message)
         return [r]
@@ -137,6 +139,29 @@ def _run(jobs: list[Job], work: Callable[[Job], Result], n_jobs: int, quiet: boo
             if not r.ok:
                 err.print(f"vqc: error: {r.message}", highlight=False)
     return results
+
+
+@contextmanager
+def _tile_progress(quiet: bool) -> Iterator[None]:
+    """A progress bar on stderr while a single big image is encoded or decoded tile by tile (a
+    24 MP photo takes minutes on 2 cores), when stderr is a terminal; small images finish
+    before there is anything to show, and batch runs have their per-file bar."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    from vqcodec import codec
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+    tasks: dict[str, TaskID] = {}
+
+    def update(stage: str, share: float) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=1.0)
+        bar.update(tasks[stage], completed=share)
+
+    with bar, codec.progress(update):
+        yield
 
 
 def _summary(results: list[Result], quiet: bool, rate: bool) -> int:

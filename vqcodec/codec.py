@@ -8,7 +8,9 @@ decode: container -> entropy decoder -> code vectors -> decoder -> crop -> pixel
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +18,55 @@ import torch
 
 from vqcodec import container, entropy, interleave, recovery
 from vqcodec.container import CodingMode, Header
-from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
 from vqcodec.fileinfo import FileInfo as FileInfo  # re-exported: FileInfo and info lived here
 from vqcodec.fileinfo import _latent_hw
 from vqcodec.fileinfo import info as info
-from vqcodec.imageio import MAX_PIXELS, check_size, pad_to_multiple
+from vqcodec.imageio import MAX_PIXELS, WHOLE_MAX_PIXELS, check_size, pad_to_multiple
 from vqcodec.zoo import Bundle, find_by_id, load_model
+
+STREAM_PIXELS = 1 << 21
+"""Images above this many (padded) pixels run through the network tile by tile (``nets.streamed``:
+same output, memory bounded by a tile); smaller ones run whole, which is faster. Kodak-size
+photos (0.4 MP) never stream."""
+
+_progress: ContextVar[Callable[[str, float], None] | None] = ContextVar("vqc_progress", default=None)
+
+
+@contextmanager
+def progress(callback: Callable[[str, float], None]) -> Iterator[None]:
+    """Within this block, streamed (big-image) encodes and decodes report ``callback(stage, share
+    done)`` as their tiles finish: what a progress bar needs. Per thread/task (a context variable)."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
+def _tracker(stage: str, total: int) -> Callable[[int], None] | None:
+    callback = _progress.get()
+    if callback is None:
+        return None
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        callback(stage, min(1.0, done[0] / total))
+
+    return advance
+
+
+def streams(bundle: Bundle, width: int, height: int) -> bool:
+    """Whether an image of this (padded) size runs tile by tile: big, and a model that can."""
+    return width * height > STREAM_PIXELS and bundle.model.config.backbone == "taef2"
+
+
+def _check_whole(bundle: Bundle, width: int, height: int, error: type[Exception]) -> None:
+    """Models that cannot stream (the vqgan backbone: global attention) keep the old size limit."""
+    if bundle.model.config.backbone != "taef2" and width * height > WHOLE_MAX_PIXELS:
+        raise error(f"{width}x{height} pixels: model {bundle.name!r} runs whole images only, up to "
+                    f"{WHOLE_MAX_PIXELS} pixels (models of the taef2 backbone, like vqc-gen, run in tiles)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,11 +140,19 @@ def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise VqcUsageError("pixels must be an (H, W, 3) uint8 array")
     h, w = pixels.shape[:2]
+    _check_whole(bundle, w, h, VqcImageError)
     padded = pad_to_multiple(pixels, bundle.stride)
     model = bundle.model
+    ph, pw = padded.shape[:2]
     with model.autocast():
-        z = model.encode_latent(_to_tensor(padded).contiguous(memory_format=model.memory_format)).float()
-    return Latent(z, (w, h), (padded.shape[1], padded.shape[0]))
+        if streams(bundle, pw, ph):
+            from vqcodec.nets import streamed
+
+            image = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8, converted tile by tile
+            z = streamed.encode_latent(model, image, progress=_tracker("encoding", pw * ph)).float()
+        else:
+            z = model.encode_latent(_to_tensor(padded).contiguous(memory_format=model.memory_format)).float()
+    return Latent(z, (w, h), (pw, ph))
 
 
 @torch.inference_mode()
@@ -168,9 +221,18 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     if enc.hole_latents is not None:
         mask, vectors = enc.hole_latents
         z[0][:, torch.from_numpy(mask)] = torch.from_numpy(vectors).to(z).t()
-    with bundle.model.autocast():
-        x = bundle.model.decode_latent(z.contiguous(memory_format=bundle.model.memory_format)).float()
     w, h = enc.image_size
+    _check_whole(bundle, w, h, VqcFormatError)
+    model = bundle.model
+    z = z.contiguous(memory_format=model.memory_format)
+    pw, ph = z.shape[3] * bundle.stride, z.shape[2] * bundle.stride
+    with model.autocast():
+        if streams(bundle, pw, ph):
+            from vqcodec.nets import streamed
+
+            image = streamed.decode_latent(model, z, progress=_tracker("decoding", pw * ph // 64))
+            return image[0, :, :h, :w].permute(1, 2, 0).contiguous().numpy()
+        x = model.decode_latent(z).float()
     return _to_pixels(x)[:h, :w]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import constriction
@@ -29,6 +30,9 @@ import torch
 from vqcodec.errors import VqcFormatError
 
 PRECISION = 16
+CHUNK = 8192
+"""Positions whose probabilities are range-coded per call (a queue coder: chunking does not
+change the bitstream)."""
 _Categorical = constriction.stream.model.Categorical
 
 
@@ -68,12 +72,20 @@ def _frequencies(logits: torch.Tensor) -> np.ndarray:
     return np.maximum(np.rint(p * (1 << PRECISION)), 1).astype(np.int64)
 
 
-def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> np.ndarray:
-    """(N, K) coding probabilities of the positions ``sel``, from fixed-point integer frequencies."""
-    with deterministic_threads(1), torch.inference_mode():
-        logits = net.tiled(idx, ~visible, k)
-    freq = _frequencies(logits[torch.from_numpy(sel)])
-    return freq / freq.sum(axis=1, keepdims=True)
+def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray, k: int) -> Iterator[np.ndarray]:
+    """(n, K) coding probabilities of the positions ``sel``, from fixed-point integer frequencies,
+    in raster order, a few thousand positions at a time: the logits of a big map (a 50 MP photo
+    at K = 1024: 800 MB) never exist all at once. One band for any map of up to 256 tiles."""
+    h, w = idx.shape
+    for r0, r1 in net.bands(h, w):
+        rows = torch.from_numpy(sel[r0:r1])
+        if not bool(rows.any()):
+            continue
+        with deterministic_threads(1), torch.inference_mode():
+            logits = net.tiled(idx, ~visible, k, rows=(r0, r1))[rows]
+        for part in logits.split(CHUNK):
+            freq = _frequencies(part)
+            yield freq / freq.sum(axis=1, keepdims=True)
 
 
 def _groups_in_order(h: int, w: int, levels: int):
@@ -96,8 +108,11 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int =
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
         for sel in _groups_in_order(h, w, levels):
-            probs = _group_probs(net, plane, visible, sel, k)
-            enc.encode(indices[j][sel].astype(np.int32), _Categorical(perfect=False), probs)
+            vals = indices[j][sel].astype(np.int32)
+            done = 0
+            for probs in _group_probs(net, plane, visible, sel, k):
+                enc.encode(vals[done : done + len(probs)], _Categorical(perfect=False), probs)
+                done += len(probs)
             visible |= torch.from_numpy(sel)
     words = enc.get_compressed().astype("<u4").tobytes()
     return struct.pack("<HH", tag, map_checksum(indices)) + words
@@ -118,8 +133,8 @@ def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
             for sel in _groups_in_order(h, w, levels):
-                probs = _group_probs(net, plane, visible, sel, k)
-                vals = np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
+                vals = np.concatenate([np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
+                                       for probs in _group_probs(net, plane, visible, sel, k)])  # fmt: skip
                 out[j][sel] = vals
                 plane[torch.from_numpy(sel)] = torch.from_numpy(vals)
                 visible |= torch.from_numpy(sel)

@@ -21,8 +21,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vqcodec.errors import VqcImageError
 
-MAX_PIXELS = 4096 * 4096
-"""Default upper bound on width x height (memory of the f=16 encoder grows with it)."""
+MAX_PIXELS = 1 << 27
+"""Default upper bound on width x height (134 MP): a guard against decompression bombs. Models of
+the taef2 backbone (the default) run big images tile by tile in bounded memory (about 2 GB at
+50 MP: docs/usage.md), so the limit is no longer what memory allows but what a photo plausibly is."""
+WHOLE_MAX_PIXELS = 4096 * 4096
+"""The limit for models that run whole images only (the vqgan backbone: vqc-small)."""
 
 
 @dataclass(frozen=True)

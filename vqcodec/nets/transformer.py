@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 TILE = 16  # inference tile side (index positions): the training crop size
+BAND_TILES = 256
+"""Tiles per batch of the context coder on big maps: 256 tiles of 16x16 = a 4096x4096 photo, the
+largest the old pixel limit let through, so every file made before bands existed is still coded
+in one batch, bit for bit as before."""
 PRIOR_WEIGHT = 0.3
 """Weight of a second model's log-probabilities in ``fill``'s product of experts. On the 8 held-out
 training photos (K=64, 30 % loss, LPIPS-VGG rise, never Kodak) 0.3 beat 0.5 and none with the
@@ -141,21 +145,34 @@ class IndexTransformer(nn.Module):
         logits = F.linear(x, self.head.weight[o : o + k], self.head.bias[o : o + k])
         return logits.reshape(b, h, w, k)
 
-    def tiled(self, indices: torch.Tensor, mask: torch.Tensor, k: int, tile: int = TILE) -> torch.Tensor:
+    def tiled(self, indices: torch.Tensor, mask: torch.Tensor, k: int, tile: int = TILE,
+              rows: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
         """Logits (h, w, K) of one (h, w) map, computed on ``tile`` x ``tile`` tiles in one batch.
 
         The networks are trained on 16x16 crops; whole-image attention over a 768x512 photo's
         1536 positions costs ~3x more (attention is most of the time) and is out of the training
         distribution. Padding positions are masked (unknown), like positions not yet decoded.
+        ``rows`` (multiples of ``tile``, from ``bands``): only the logits of those map rows, from
+        their tiles alone, so that a big map's logits need not exist all at once.
         """
         h, w = indices.shape
         th, tw = -(-h // tile), -(-w // tile)
         idx = F.pad(indices, (0, tw * tile - w, 0, th * tile - h))
         msk = F.pad(mask, (0, tw * tile - w, 0, th * tile - h), value=True)
+        r0, r1 = (0, th * tile) if rows is None else (rows[0], min(rows[1], th * tile))
+        idx, msk, th = idx[r0:r1], msk[r0:r1], (r1 - r0) // tile
         split = lambda t: t.reshape(th, tile, tw, tile).permute(0, 2, 1, 3).reshape(th * tw, tile, tile)  # noqa: E731
         logits = self.forward(split(idx), split(msk), k)
         logits = logits.reshape(th, tw, tile, tile, k).permute(0, 2, 1, 3, 4).reshape(th * tile, tw * tile, k)
-        return logits[:h, :w]
+        return logits[: min(h, r1) - r0, :w]
+
+    @staticmethod
+    def bands(h: int, w: int, tile: int = TILE, max_tiles: int = BAND_TILES) -> list[tuple[int, int]]:
+        """Map row ranges for ``tiled(rows=...)``, whole tile rows of at most ``max_tiles`` tiles
+        each (at least one tile row). A map of up to ``max_tiles`` tiles is one band, one batch."""
+        th, tw = -(-h // tile), -(-w // tile)
+        per = max(1, max_tiles // tw) if th * tw > max_tiles else th
+        return [(r * tile, min(th, r + per) * tile) for r in range(0, th, per)]
 
     def overlapped_log_probs(self, indices: torch.Tensor, mask: torch.Tensor, k: int, tile: int = TILE) -> torch.Tensor:
         """Log-probabilities (h, w, K) of one (h, w) map from tiles overlapping by half, pooled.
