@@ -5,8 +5,9 @@ index-frequency table per supported K, and a manifest with the architecture conf
 32-bit model id that .vqc headers carry, the sha256 of every file, how it was trained and what
 it scored. The manifest is the source of truth: config and hashes never come from tensor shapes.
 
-Bundles are searched in ``$VQC_MODELS`` (colon-separated folders) then the repository's
-``models/``.
+Bundles are searched in ``$VQC_MODELS`` (colon-separated folders), then the bundles installed
+with the package (``vqcodec/models/`` of a wheel: the repository's ``models/`` as package data),
+then the repository's ``models/`` (a checkout or an editable install).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ BUNDLE_FORMAT = 1
 
 def search_paths() -> list[Path]:
     paths = [Path(p) for p in os.environ.get("VQC_MODELS", "").split(os.pathsep) if p]
-    return paths + [Path(__file__).resolve().parents[1] / "models"]
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "models" if (here.parent / "pyproject.toml").is_file() else None
+    return paths + [here / "models"] + ([checkout] if checkout else [])
 
 
 def sha256_file(path: Path) -> str:
