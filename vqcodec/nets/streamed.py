@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqcodec.nets.taef2 import Block, Clamp
+from vqcodec.nets.taef2 import Block
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int], None] | None
@@ -235,10 +235,12 @@ def _run(modules: list[nn.Module], x: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the autoencoder
-def encode_latent(model: nn.Module, image: torch.Tensor, tile: int = FULL_TILE, low_tile: int = LOW_TILE,
+def encode_latent(model: nn.Module, image: torch.Tensor, tile: int | None = None, low_tile: int | None = None,
                   progress: Progress = None) -> torch.Tensor:  # fmt: skip
     """(1, 3, H, W) uint8 image (H, W multiples of the stride) -> the pre-quantization latent,
-    as ``model.encode_latent`` of the image in [-1, 1] gives it."""
+    as ``model.encode_latent`` of the image in [-1, 1] gives it. ``tile``/``low_tile``: default
+    ``FULL_TILE``/``LOW_TILE``."""
+    tile, low_tile = tile or FULL_TILE, low_tile or LOW_TILE
     enc = model.encoder
     taef2 = list(enc.taef2)
     first_pool = next(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None)
@@ -258,10 +260,11 @@ def encode_latent(model: nn.Module, image: torch.Tensor, tile: int = FULL_TILE, 
                  tile=low_tile)  # fmt: skip
 
 
-def decode_latent(model: nn.Module, z: torch.Tensor, tile: int = FULL_TILE, low_tile: int = LOW_TILE,
+def decode_latent(model: nn.Module, z: torch.Tensor, tile: int | None = None, low_tile: int | None = None,
                   progress: Progress = None) -> torch.Tensor:  # fmt: skip
     """Quantized latent (1, d, h, w) -> (1, 3, 16h, 16w) uint8 image, as ``model.decode_latent``
     followed by the codec's rounding gives it."""
+    tile, low_tile = tile or FULL_TILE, low_tile or LOW_TILE
     dec = model.decoder
     h = _run([model.post_quant_conv, dec.conv_in, dec.block1], z, low_tile)
     h = local([nn.Upsample(scale_factor=2.0, mode="nearest"), dec.upsample], h, low_tile)
@@ -279,8 +282,7 @@ def decode_latent(model: nn.Module, z: torch.Tensor, tile: int = FULL_TILE, low_
         x = (t * 2.0 - 1.0).float()
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
-    return local(tail, f, max(1, tile // 8), post=pixels, progress=progress)
+    return local(tail, f, max(1, int(tile / _scale(tail))), post=pixels, progress=progress)
 
 
 __all__ = ["FULL_TILE", "LOW_TILE", "decode_latent", "encode_latent", "group_stats", "reach", "tiled"]
-_ = Clamp  # the decoder's first layer: elementwise, so local
