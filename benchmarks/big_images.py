@@ -1,8 +1,8 @@
 """Camera-size photos: wall time and peak memory of ``vqc encode`` / ``vqc decode`` at 4-50 MP.
 
 Each image is a training photo resized (Lanczos) to the size asked for, 3:2; each encode and each
-decode runs as its own ``vqc`` process, and its peak RSS is that process's ``ru_maxrss`` (from
-``os.wait4``): interpreter, torch, the model and the image all included. Images above
+decode runs as its own ``vqc`` process, and its peak RSS is that process's VmHWM at exit:
+interpreter, torch, the model and the image all included. Images above
 ``codec.STREAM_PIXELS`` run tile by tile (``vqcodec/nets/streamed.py``).
 
 ``--border`` also checks the tiles on a Kodak-size photo and a 4 MP one: the streamed picture
@@ -43,21 +43,38 @@ def make_photo(mp: float, path: Path, seed: int = 3) -> tuple[int, int]:
     return w, h
 
 
+_WRAPPED = """
+import atexit, os, sys
+
+def _peak():  # VmHWM: this process's own peak RSS (ru_maxrss would count the forked parent's pages too)
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    with open(os.environ["VQC_PEAK_FILE"], "w") as f:
+        f.write(kb)
+
+atexit.register(_peak)
+sys.argv[0] = "vqc"
+from vqcodec.cli import entry
+entry()
+"""
+
+
 def timed(cmd: list[str], threads: int) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one process."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {err.strip()}")
-    return wall, usage.ru_maxrss / 1024
+    """Wall seconds and peak RSS (MB) of one ``vqc`` run (``cmd``: its arguments), measured by the
+    process itself (VmHWM at exit): a forked child's ``ru_maxrss`` includes its parent's memory."""
+    with tempfile.NamedTemporaryFile(suffix=".kb") as peak:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), VQC_PEAK_FILE=peak.name)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", _WRAPPED, *cmd], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+        wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(f"vqc {' '.join(cmd)} failed: {r.stderr.strip()}")
+        return wall, int(Path(peak.name).read_text()) / 1024
 
 
 def run_sizes(sizes: list[float], k: int, threads: int, model: str | None, out_csv: Path | None) -> list[dict]:
-    vqc = [sys.executable, "-m", "vqcodec.cli"]
+    vqc: list[str] = []
     extra = ["--model", model] if model else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -208,3 +208,17 @@ def test_published_reference_curves_load_with_sources():
         assert [p["bpp"] for p in pts] == sorted(p["bpp"] for p in pts)
     for row in _csv.DictReader(open(REPO / "benchmarks" / "published_kodak.csv")):
         assert row["source"] and row["value"].split()[0] in ("exact", "read")
+
+
+def test_big_images_benchmark_measures_each_vqc_process_on_its_own(tiny_bundle_dir, tmp_path, monkeypatch):
+    big = _load("big_images")
+    img = tmp_path / "a.png"
+    Image.fromarray(make_image(64, 96)).save(img)
+    monkeypatch.setenv("VQC_MODELS", str(tiny_bundle_dir.parent))
+    name = zoo._read_manifest(tiny_bundle_dir)["name"]
+    wall, peak_mb = big.timed(["encode", str(img), "-o", str(tmp_path / "a.vqc"), "-k", "8", "--model", name], 1)
+    assert (tmp_path / "a.vqc").is_file()
+    # VmHWM of the vqc process itself: at least torch's footprint, not this (bigger) test process's
+    assert 50 < peak_mb < 4000 and wall > 0
+    with pytest.raises(SystemExit, match="failed"):
+        big.timed(["decode", str(tmp_path / "missing.vqc"), "-o", str(tmp_path / "b.png")], 1)
