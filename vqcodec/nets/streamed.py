@@ -185,10 +185,16 @@ def group_apply(gn: nn.GroupNorm, t: torch.Tensor, stats: tuple[torch.Tensor, to
 
 
 # ---------------------------------------------------------------- blocks with global statistics
+def norm_silu(gn: nn.GroupNorm, x: torch.Tensor, modules: list[nn.Module], tile: int = LOW_TILE) -> torch.Tensor:
+    """``modules(silu(gn(x)))``: the GroupNorm with whole-map statistics, the local rest in tiles."""
+    stats = group_stats(gn, partial(_bands, x))
+    seq = nn.Sequential(*modules)
+    return tiled(lambda t: seq(F.silu(group_apply(gn, t, stats))), x, halo=reach(modules), tile=tile)
+
+
 def resnet_block(block: nn.Module, x: torch.Tensor, tile: int = LOW_TILE) -> torch.Tensor:
     """``ResnetBlock`` (norm-SiLU-conv twice plus a skip) layer by layer over the whole map."""
-    s1 = group_stats(block.norm1, partial(_bands, x))
-    h = tiled(lambda t: block.conv1(F.silu(group_apply(block.norm1, t, s1))), x, halo=reach([block.conv1]), tile=tile)
+    h = norm_silu(block.norm1, x, [block.conv1], tile)
     s2 = group_stats(block.norm2, partial(_bands, h))
     skip = getattr(block, "nin_shortcut", None)
 
@@ -254,10 +260,7 @@ def encode_latent(model: nn.Module, image: torch.Tensor, tile: int | None = None
     lat = _run(taef2[first_pool:], f, low_tile)
     del f
     h = _run([enc.conv_in, enc.block0, enc.downsample, enc.block1], lat, low_tile)
-    s = group_stats(enc.norm_out, partial(_bands, h))
-    tail = [enc.conv_out, model.quant_conv]
-    return tiled(lambda t: nn.Sequential(*tail)(F.silu(group_apply(enc.norm_out, t, s))), h, halo=reach(tail),
-                 tile=low_tile)  # fmt: skip
+    return norm_silu(enc.norm_out, h, [enc.conv_out, model.quant_conv], low_tile)
 
 
 def decode_latent(model: nn.Module, z: torch.Tensor, tile: int | None = None, low_tile: int | None = None,
@@ -269,9 +272,7 @@ def decode_latent(model: nn.Module, z: torch.Tensor, tile: int | None = None, lo
     h = _run([model.post_quant_conv, dec.conv_in, dec.block1], z, low_tile)
     h = local([nn.Upsample(scale_factor=2.0, mode="nearest"), dec.upsample], h, low_tile)
     h = _run([dec.block0], h, low_tile)
-    s = group_stats(dec.norm_out, partial(_bands, h))
-    lat = tiled(lambda t: dec.conv_out(F.silu(group_apply(dec.norm_out, t, s))), h, halo=reach([dec.conv_out]),
-                tile=low_tile)  # fmt: skip
+    lat = norm_silu(dec.norm_out, h, [dec.conv_out], low_tile)
     del h
     taef2 = list(dec.taef2)
     last_pool = max(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None)
