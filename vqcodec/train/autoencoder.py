@@ -37,7 +37,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from vqcodec.nets.autoencoder import ARCHS, QUANTIZERS, AutoencoderConfig, build_autoencoder, build_quantizer
+from vqcodec.nets.autoencoder import (
+    ARCHS,
+    QUANTIZERS,
+    AutoencoderConfig,
+    build_autoencoder,
+    build_quantizer,
+    native_bf16,
+)
 from vqcodec.nets.discriminator import PatchDiscriminator
 from vqcodec.nets.taef2 import squash
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
@@ -116,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--taef2-weights", type=Path, default=None,
                     help="folder of taef2_encoder.pth/taef2_decoder.pth for a fresh taef2 run (default ../shared/weights/taef2)")
     ap.add_argument("--train-taef2-encoder", action="store_true", help="also train TAEF2's encoder (default: frozen)")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
-                    help="fp32 training (default: bf16 autocast + channels_last, 2.9x faster on AMX CPUs)")
+    ap.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                    help="bf16 autocast + channels_last on the CPU (default where the CPU has native bf16, "
+                         "AMX / AVX-512 BF16: 2.9x faster there; emulated elsewhere, about 6x slower than fp32)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 training")
     ap.add_argument("--no-disc-aug", dest="disc_aug", action="store_false",
                     help="no DiffAugment on the discriminator's inputs")
     ap.add_argument("--pixel-steps", type=int, default=2000)
@@ -133,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lpips-subset", type=float, default=1.0, help="share of the batch that gets LPIPS-VGG")
     ap.add_argument("--gan-start", type=int, default=10**9, help="step where the GAN loss starts")
     ap.add_argument("--gan-weight", type=float, default=0.1)
+    ap.add_argument("--disc-lr", type=float, default=None,
+                    help="discriminator learning rate (default --lr); higher = two time-scale update rule, "
+                         "for a discriminator whose hinge loss sits at chance")
     ap.add_argument("--fm-weight", type=float, default=1.0)
     ap.add_argument(
         "--decoder-only",
@@ -175,6 +187,8 @@ class Trainer:
         self.model = build_autoencoder(self._with_quantizer(ARCHS[args.arch])).to(self.device)
         self.seed_books = False  # a bundle's encoder with a new quantizer: K-means-seed its books
         self.disc = PatchDiscriminator().to(self.device)
+        if args.bf16 is None:  # bf16 only where it is native: on AVX2-only CPUs it is emulated and slow
+            args.bf16 = native_bf16()
         self.channels_last = self.device.type == "cuda" or args.bf16
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
@@ -355,8 +369,11 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, phase: Phase) -> dict[str, float]:
         model, args = self.model, self.args
+        lr = self._adaptive_lr()
         for g in self.opt.param_groups:
-            g["lr"] = self._adaptive_lr()
+            g["lr"] = lr
+        for g in self.opt_d.param_groups:  # same warm-up and decay, scaled by --disc-lr / --lr
+            g["lr"] = lr * (args.disc_lr / args.lr if args.disc_lr is not None else 1.0)
         amp = self._amp()
         with amp:
             if phase.name == "latent":  # taef2: TAEF2 latent -> coder -> VQ -> coder mirror, MSE in latent space
@@ -433,7 +450,7 @@ class Trainer:
         return logs
 
     def _amp(self):
-        """bf16 autocast on CUDA always, on the CPU unless --no-bf16 (losses are reduced in fp32)."""
+        """bf16 autocast on CUDA always, on the CPU with --bf16 (default: native bf16; losses in fp32)."""
         if self.device.type == "cuda" or self.args.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return _null()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vqcodec.interleave import assignment
+from vqcodec.nets.autoencoder import native_bf16
 from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
 from vqcodec.train.data import list_images, load_rgb, split_holdout
 
@@ -179,13 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
-                    help="train in fp32 (default: bf16 autocast; losses in fp32, weights and inference stay fp32)")
+    ap.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                    help="bf16 autocast (default where the CPU has native bf16; losses in fp32, weights and "
+                         "inference stay fp32)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", action="store_true", help="store the trained transformer in the bundle")
     ap.add_argument("--context-levels", type=int, default=2, choices=[1, 2],
                     help="lattice levels of the context coder's group order (masked model): 2 = 7 groups")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.bf16 is None:  # bf16 only where it is native: emulated bf16 is several times slower than fp32
+        args.bf16 = native_bf16()
     if args.causal and args.task != "all":
         ap.error("--task fill trains the bidirectional model: drop --causal")
     if args.threads:
