@@ -191,3 +191,17 @@ def test_train_other_quantizer_from_a_bundle_and_export(tiny_bundle_dir, photos,
     assert bundle.codebook_sizes == [8, 16]
     with pytest.raises(SystemExit, match="m = 1"):
         autoencoder.main(common(photos, tmp_path / "bad") + ["--quantizer", "vq", "--m", "3"])
+
+
+def test_disc_lr_scales_the_discriminator_with_the_generator_schedule(photos, tmp_path):
+    """--disc-lr (two time-scale update): the discriminator follows the same warm-up and decay."""
+    args = autoencoder.build_parser().parse_args(
+        common(photos, tmp_path / "run") + ["--lr", "1e-4", "--disc-lr", "4e-4", "--decay-start", "0",
+                                           "--decay-steps", "10"])  # fmt: skip
+    trainer = autoencoder.Trainer(args)
+    trainer.step = 5
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    trainer.train_step(x, autoencoder.phase_at(trainer.phases, 0))
+    g, d = trainer.opt.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"]
+    assert g == pytest.approx(1e-4 * 6 / 200 * (1 - 0.9 * 0.5))
+    assert d == pytest.approx(4 * g)
