@@ -162,6 +162,7 @@ def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, pho
         assert same if name.startswith(finetune.FROZEN) else True
     assert not torch.equal(old.model.decoder.conv_out.weight, new.model.decoder.conv_out.weight)
     assert all(torch.equal(old.codebooks[k], new.codebooks[k]) for k in old.codebooks)
+    assert all(np.array_equal(old.tables[k].counts, new.tables[k].counts) for k in old.tables)  # kept, not recounted
     assert new.manifest["recovery"] == old.manifest["recovery"] and new.context_tag == old.context_tag
     img = make_image(64, 96, seed=3)
     a, b = codec.encode(img, 16, old), codec.encode(img, 16, new)

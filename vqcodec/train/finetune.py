@@ -46,6 +46,18 @@ def take_decoder(model, ckpt: Path) -> dict:
             "args": state.get("args", {})}  # fmt: skip
 
 
+def new_tables(model, books: dict, files: list[Path], images: int, base_k: int) -> dict:
+    """Frequency tables of every book from the index maps of ``images`` training photos."""
+    from vqcodec.entropy import FrequencyTable
+
+    stats_imgs = [load_rgb(files[i], 768) for i in range(0, len(files), max(1, len(files) // images))]
+    latents = collect_latents(model, stats_imgs[:images])
+    _, tables, _ = build_books(model, latents, sizes=[base_k])  # it re-derives K-means books: keep ours
+    for k, book in books.items():
+        tables[k] = FrequencyTable.from_indices(model.quantize._nearest(latents, book).numpy(), k)
+    return tables
+
+
 def finetune_book(model, book: torch.Tensor, crops: CropStream, steps: int, batch: int, lr: float,
                   lpips=None, lpips_weight: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Optimise the (K, d) code vectors of ``book`` for reconstruction; returns (book, log)."""
@@ -131,15 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"K={k}: probe loss {logs[str(k)]['probe_loss_before']} -> {logs[str(k)]['probe_loss_after']} "
               f"({time.time() - t:.0f}s)",
               flush=True)  # fmt: skip
-    stats_imgs = [load_rgb(files[i], 768) for i in range(0, len(files), max(1, len(files) // args.images))]
-    latents = collect_latents(model, stats_imgs[: args.images])
-    # new frequency tables for the fine-tuned books (build_books re-derives K-means books; keep ours)
-    _, tables, stats = build_books(model, latents, sizes=[base_k])
-    from vqcodec.entropy import FrequencyTable
-
-    for k, book in books.items():
-        idx = model.quantize._nearest(latents, book).numpy()
-        tables[k] = FrequencyTable.from_indices(idx, k)
+    if args.steps or decoder is None:
+        tables = new_tables(model, books, files, args.images, base_k)
+    else:  # only the decoder changed: the index maps, hence the frequency tables, are the bundle's
+        tables = dict(bundle.tables)
     training = dict(bundle.manifest.get("training", {}))
     if decoder:
         training["decoder_finetuned"] = {"what": "post_quant_conv + decoder on a random K-means book per step "
