@@ -102,3 +102,39 @@ def test_taef2_run_latent_phase_export_and_codec_round_trip(photos, tmp_path):  
     data = codec.encode(img, codebook_size=8, model=bundle)
     out_img = codec.decode(data, model=bundle)
     assert out_img.shape == img.shape and out_img.dtype == np.uint8
+
+
+@needs_taef2
+def test_grown_decoder_starts_where_the_bundle_is_and_ships(photos, tmp_path):  # noqa: F811
+    """``--dec-blocks``: new decoder blocks start as the identity (same pictures as the bundle),
+    train, and ``finetune --decoder-from`` ships the grown model, not the bundle's shape."""
+    from vqcodec.train import finetune
+
+    tiny = ["--data", str(photos), "--arch", "test-tiny-taef2", "--crop", "32", "--batch", "2", "--n-val", "2",
+            "--workers", "0", "--val-minutes", "0", "--threads", "1", "--lpips-weight", "0"]  # fmt: skip
+    torch.manual_seed(0)
+    autoencoder.main(tiny + ["--out", str(tmp_path / "run"), "--latent-steps", "1", "--latent-batch", "2",
+                             "--latent-crop", "32", "--pixel-steps", "1", "--steps", "2"])  # fmt: skip
+    codebooks.main([str(tmp_path / "run" / "last.ckpt"), "--out", str(tmp_path / "b"), "--name", "t2", "--arch",
+                    "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
+    bundle = load_model(tmp_path / "b")
+    grow = tiny + ["--out", str(tmp_path / "grow"), "--init-from", str(tmp_path / "b"), "--decoder-only",
+                   "--pixel-steps", "0", "--dec-blocks", "2", "3"]  # fmt: skip
+    trainer = autoencoder.Trainer(autoencoder.build_parser().parse_args(grow + ["--steps", "2"]))
+    assert trainer.model.config.dec_res_blocks == (2, 3)
+    z = bundle.model.quantize.dequantize(torch.randint(0, 8, (1, 1, 4, 6)))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model.decode_latent(z), bundle.model.float().decode_latent(z),
+                                   atol=1e-3, rtol=0)  # fmt: skip  (bundle weights are fp16)
+    autoencoder.main(grow + ["--steps", "4", "--lr", "1e-2"])
+    assert torch.load(tmp_path / "grow" / "last.ckpt", weights_only=True)["config"]["dec_res_blocks"] == [2, 3]
+    finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "grow" / "last.ckpt"), "--steps", "0",
+                   "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4"])  # fmt: skip
+    grown = load_model(tmp_path / "ft")
+    assert grown.model.config.dec_res_blocks == (2, 3)
+    assert grown.model.decoder.block1[2].conv2.weight.abs().sum() > 0  # a new block, trained and shipped
+    img = make_image(40, 56, seed=5)
+    assert codec.decode(codec.encode(img, codebook_size=8, model=grown), model=grown).shape == img.shape
+    with pytest.raises(SystemExit, match="dec-blocks"):  # shrinking would drop trained blocks
+        autoencoder.main(tiny + ["--out", str(tmp_path / "shrink"), "--init-from", str(tmp_path / "ft"),
+                                 "--decoder-only", "--dec-blocks", "1", "1", "--steps", "1"])  # fmt: skip

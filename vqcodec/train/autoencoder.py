@@ -41,6 +41,7 @@ from vqcodec.nets.autoencoder import (
     ARCHS,
     QUANTIZERS,
     AutoencoderConfig,
+    ResnetBlock,
     build_autoencoder,
     build_quantizer,
     native_bf16,
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train post_quant_conv + decoder only, on a random K-means book of --init-from per step",
     )
+    ap.add_argument("--dec-blocks", type=int, nargs=2, default=None, metavar=("AT_1_8", "AT_1_16"),
+                    help="with --init-from: grow the taef2 decoder's coder mirror to this many residual blocks at "
+                         "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
+                         "the model begins exactly where the bundle is")
+    ap.add_argument("--disc-from", type=Path, default=None,
+                    help="with --init-from: start the discriminator from this training checkpoint's")
     ap.add_argument("--restart-every", type=int, default=200, help="dead-code restart period")
     ap.add_argument("--quantizer", choices=QUANTIZERS, default=None, help="quantizer (default: the arch's or bundle's)")
     ap.add_argument("--m", type=int, default=None, help="looc: sub-vectors per latent (dual: 2, vq: 1)")
@@ -227,6 +234,29 @@ class Trainer:
             raise SystemExit(f"vqc train: {e}") from None
         return new
 
+    def _grown(self, new: AutoencoderConfig, cfg: AutoencoderConfig) -> AutoencoderConfig:
+        """``new`` with ``--dec-blocks``: more decoder capacity at 1/8 and 1/16 resolution, where
+        it costs almost nothing per pixel (the full-resolution TAEF2 layers dominate) and widens
+        what the decoder sees around each index when it has to invent detail."""
+        import dataclasses
+
+        grow = tuple(self.args.dec_blocks)
+        if cfg.backbone != "taef2" or any(g < o for g, o in zip(grow, cfg.dec_res_blocks, strict=True)):
+            raise SystemExit(f"--dec-blocks {grow}: needs a taef2 bundle with at most that many blocks "
+                             f"(it has {cfg.dec_res_blocks})")  # fmt: skip
+        return dataclasses.replace(new, dec_res_blocks=grow)
+
+    @torch.no_grad()
+    def _identity_blocks(self, missing: list[str]) -> None:
+        """Zero the last convolution of every residual block the bundle had no weights for: a
+        residual block with a zero branch is the identity, so growing changes no output."""
+        for name, m in self.model.named_modules():
+            if isinstance(m, ResnetBlock) and f"{name}.conv2.weight" in missing:
+                m.conv2.weight.zero_()
+                m.conv2.bias.zero_()
+        if missing:
+            self.log(f"{len(missing)} new tensors, new residual blocks start as the identity")
+
     @torch.no_grad()
     def _seed_books(self) -> None:
         """K-means (a few Lloyd rounds) of the quantizer's parts on 32 training crops."""
@@ -251,7 +281,7 @@ class Trainer:
             cfg = AutoencoderConfig.from_dict(state["config"])
             if cfg != self.model.config:  # e.g. a run started from a bundle with another quantizer
                 self.model = build_autoencoder(cfg).to(self.device)
-                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["disc"])
             self.opt.load_state_dict(state["opt"])
@@ -269,13 +299,20 @@ class Trainer:
 
             cfg, sd, record = load_bundle_state(self.args.init_from)
             new = self._with_quantizer(cfg)
+            if self.args.dec_blocks is not None:
+                new = self._grown(new, cfg)
             if (new.quantizer, new.m, new.n_embed) != (cfg.quantizer, cfg.m, cfg.n_embed):
                 sd = {k: v for k, v in sd.items() if not k.startswith("quantize.")}
                 self.seed_books = True
             if new != self.model.config:
                 self.model = build_autoencoder(new).to(self.device)
-                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9))
-            self.model.load_state_dict(sd, strict=False)
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+            missing = self.model.load_state_dict(sd, strict=False).missing_keys
+            self._identity_blocks(missing)
+            if self.args.disc_from is not None:
+                self.disc.load_state_dict(torch.load(self.args.disc_from, map_location=self.device,
+                                                     weights_only=True)["disc"])  # fmt: skip
+                self.log(f"discriminator from {self.args.disc_from}")
             if self.args.decoder_only:
                 from vqcodec.zoo import load_model
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,17 +33,28 @@ FROZEN = ("encoder.", "quant_conv.", "quantize.embedding")
 """Weights a --decoder-from checkpoint must share with the bundle (they make the index maps)."""
 
 
-def take_decoder(model, ckpt: Path) -> dict:
-    """Load the decoder of a --decoder-only training checkpoint into ``model``; refuses one whose
-    encoder or base codebook differ from the bundle's (its index maps would mean other things)."""
+def take_decoder(model, ckpt: Path) -> tuple[torch.nn.Module, dict]:
+    """The bundle's ``model`` with the decoder of a --decoder-only training checkpoint, and its record;
+    refuses one whose encoder or base codebook differ from the bundle's (its index maps would mean
+    other things). A run that grew the decoder (``vqc train --dec-blocks``) gives a model of its
+    own, larger configuration: loading it into the bundle's would silently drop the new blocks."""
+    from vqcodec.nets.autoencoder import AutoencoderConfig, build_autoencoder
+
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = state["model"]
+    cfg = AutoencoderConfig.from_dict(state["config"]) if "config" in state else model.config
+    if cfg != model.config:
+        if dataclasses.replace(cfg, dec_res_blocks=model.config.dec_res_blocks) != model.config:
+            raise SystemExit(f"{ckpt}: its model differs from the bundle's beyond the decoder's blocks")
+        grown = build_autoencoder(cfg).eval()
+        grown.load_state_dict(model.state_dict(), strict=False)
+        model = grown
     own = model.state_dict()
     for name, t in own.items():
         if name.startswith(FROZEN) and not torch.equal(sd[name].float(), t.float()):
             raise SystemExit(f"{ckpt}: {name} differs from the bundle's: not a --decoder-only run of this bundle")
     model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("usage")}, strict=False)
-    return {"checkpoint": str(ckpt), "steps": int(state["step"]), "seconds": round(float(state["elapsed"])),
+    return model, {"checkpoint": str(ckpt), "steps": int(state["step"]), "seconds": round(float(state["elapsed"])),
             "args": state.get("args", {})}  # fmt: skip
 
 
@@ -123,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vqc finetune: {bundle.name} has a {bundle.manifest['quantizer']['type']} quantizer; "
                          "codebook fine-tuning is implemented for plain VQ bundles only")  # fmt: skip
     model = bundle.model
-    decoder = take_decoder(model, args.decoder_from) if args.decoder_from else None
+    decoder = None
+    if args.decoder_from:
+        model, decoder = take_decoder(model, args.decoder_from)
     files, _ = split_holdout(list_images(args.data), 8)
     photos = [load_rgb(p, 1024) for p in files]
     crops = CropStream(photos, args.crop)
