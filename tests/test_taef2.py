@@ -128,8 +128,21 @@ def test_grown_decoder_starts_where_the_bundle_is_and_ships(photos, tmp_path):  
                                    atol=1e-3, rtol=0)  # fmt: skip  (bundle weights are fp16)
     autoencoder.main(grow + ["--steps", "4", "--lr", "1e-2"])
     assert torch.load(tmp_path / "grow" / "last.ckpt", weights_only=True)["config"]["dec_res_blocks"] == [2, 3]
+    disc_file = tmp_path / "ft" / "discriminator.safetensors"
     finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "grow" / "last.ckpt"), "--steps", "0",
-                   "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4"])  # fmt: skip
+                   "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4",
+                   "--save-disc", str(disc_file)])  # fmt: skip
+    # the committed between-ships checkpoint (bundle + fp16 discriminator) restarts the adversary too
+    again = autoencoder.Trainer(autoencoder.build_parser().parse_args(
+        tiny + ["--out", str(tmp_path / "again"), "--init-from", str(tmp_path / "ft"), "--decoder-only",
+                "--pixel-steps", "0", "--disc-from", str(disc_file), "--steps", "1"]))  # fmt: skip
+    again._start()
+    trained = torch.load(tmp_path / "grow" / "last.ckpt", weights_only=True)["disc"]
+    for k, v in again.disc.state_dict().items():
+        torch.testing.assert_close(v, trained[k].half().float())
+    with pytest.raises(SystemExit, match="--save-disc needs --decoder-from"):
+        finetune.main([str(tmp_path / "b"), "--steps", "0", "--out", str(tmp_path / "x"), "--save-disc",
+                       str(tmp_path / "d.safetensors")])  # fmt: skip
     grown = load_model(tmp_path / "ft")
     assert grown.model.config.dec_res_blocks == (2, 3)
     assert grown.model.decoder.block1[2].conv2.weight.abs().sum() > 0  # a new block, trained and shipped

@@ -84,6 +84,17 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
     return phases[-1]
 
 
+def load_disc(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A discriminator's weights from a training checkpoint or a (fp16) ``--save-disc`` file."""
+    if not path.is_file():
+        raise SystemExit(f"--disc-from: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: v.float() for k, v in load_file(str(path), device=str(device)).items()}
+    return torch.load(path, map_location=device, weights_only=True)["disc"]
+
+
 def atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -157,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
                          "the model begins exactly where the bundle is")
     ap.add_argument("--disc-from", type=Path, default=None,
-                    help="with --init-from: start the discriminator from this training checkpoint's")
+                    help="with --init-from: start the discriminator from this training checkpoint's, or "
+                         "from a .safetensors file written by vqc finetune --save-disc")
     ap.add_argument("--restart-every", type=int, default=200, help="dead-code restart period")
     ap.add_argument("--quantizer", choices=QUANTIZERS, default=None, help="quantizer (default: the arch's or bundle's)")
     ap.add_argument("--m", type=int, default=None, help="looc: sub-vectors per latent (dual: 2, vq: 1)")
@@ -310,8 +322,7 @@ class Trainer:
             missing = self.model.load_state_dict(sd, strict=False).missing_keys
             self._identity_blocks(missing)
             if self.args.disc_from is not None:
-                self.disc.load_state_dict(torch.load(self.args.disc_from, map_location=self.device,
-                                                     weights_only=True)["disc"])  # fmt: skip
+                self.disc.load_state_dict(load_disc(self.args.disc_from, self.device))
                 self.log(f"discriminator from {self.args.disc_from}")
             if self.args.decoder_only:
                 from vqcodec.zoo import load_model
