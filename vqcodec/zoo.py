@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder
 
-DEFAULT_MODEL = "vqc-gan"
+DEFAULT_MODEL = "vqc-gan2"
 MANIFEST = "manifest.json"
 WEIGHTS = "autoencoder.safetensors"
 CODEBOOKS = "codebooks.safetensors"
