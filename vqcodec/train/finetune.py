@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.save_disc and not args.decoder_from:
+        raise SystemExit("vqc finetune: --save-disc needs --decoder-from (the run whose discriminator it saves)")
     bundle = load_model(args.bundle)
     if bundle.manifest.get("quantizer", {}).get("type", "vq") != "vq":
         raise SystemExit(f"vqc finetune: {bundle.name} has a {bundle.manifest['quantizer']['type']} quantizer; "
                          "codebook fine-tuning is implemented for plain VQ bundles only")  # fmt: skip
     model = bundle.model
     decoder = None
-    if args.save_disc and not args.decoder_from:
-        raise SystemExit("vqc finetune: --save-disc needs --decoder-from (the run whose discriminator it saves)")
     if args.decoder_from:
         model, decoder = take_decoder(model, args.decoder_from)
     files, _ = split_holdout(list_images(args.data), 8)
