@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from vqcodec import codec, metrics  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
-from vqcodec.zoo import MANIFEST, load_model  # noqa: E402
+from vqcodec.zoo import MANIFEST, load_model, write_manifest  # noqa: E402
 
 KODAK = REPO.parent / "shared" / "datasets" / "kodak"
 TRAIN = REPO.parent / "shared" / "datasets" / "train"
@@ -140,7 +140,7 @@ def write(rows: list[dict], bundle, images: list[Path], args) -> list[dict]:
         man[key]["dataset"] = (f"the {len(images)} held-out training photos (long side 768); benchmarks/evaluate.py "
                                "--holdout" if args.holdout else
                                f"Kodak ({len(images)} images), full-resolution RGB; benchmarks/evaluate.py")  # fmt: skip
-        path.write_text(json.dumps(man, indent=1) + "\n")
+        write_manifest(bundle.path, man)
     return summary
 
 

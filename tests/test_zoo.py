@@ -115,3 +115,18 @@ def test_no_code_path_unpickles_arbitrary_objects():
             assert "weights_only=True" in text[call.end() : call.end() + 200], (
                 f"{path}: torch.load without weights_only"
             )
+
+
+def test_written_bundle_files_follow_the_umask(tmp_path):
+    """safetensors creates its files 0600; a bundle one user writes must be readable by others."""
+    import os
+
+    from .conftest import build_tiny_bundle
+
+    old = os.umask(0o022)
+    try:
+        folder = build_tiny_bundle(tmp_path / "b")
+    finally:
+        os.umask(old)
+    for f in (zoo.WEIGHTS, zoo.CODEBOOKS, zoo.MANIFEST):
+        assert (folder / f).stat().st_mode & 0o777 == 0o644, f

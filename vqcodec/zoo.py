@@ -329,6 +329,32 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Bundle:
     return _load_cached(str(folder), (folder / MANIFEST).stat().st_mtime)
 
 
+def _readable(path: Path) -> None:
+    """Give a written file the mode the umask allows (0644 usually): safetensors creates its files
+    0600, which would leave a bundle written by one user unreadable by the others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def save_fp16(state: dict, path: Path) -> None:
+    """A state dict as fp16 safetensors: bundles ship fp16, half the bytes of fp32."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}, str(path))
+    _readable(path)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Replace ``folder``'s manifest all at once (written beside it, then renamed), and drop the
+    cached bundles so the next load sees it."""
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    _load_cached.cache_clear()
+
+
 def save_bundle(
     folder: Path,
     name: str,
@@ -350,9 +376,7 @@ def save_bundle(
     from vqcodec.nets.autoencoder import quantizer_record
 
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
-          if not k.endswith("usage")}  # fmt: skip
-    save_file(sd, str(folder / WEIGHTS))
+    save_fp16({k: v for k, v in model.state_dict().items() if not k.endswith("usage")}, folder / WEIGHTS)
     cb: dict[str, torch.Tensor] = {}
     for k in sorted(codebooks):
         cb[f"codebook.{k}"] = codebooks[k].detach().float().contiguous()
@@ -360,6 +384,7 @@ def save_bundle(
         for j, t in enumerate((plane_tables or {}).get(k, [])):
             cb[f"freq.{k}.{j}"] = torch.from_numpy(t.counts.astype(np.int32))
     save_file(cb, str(folder / CODEBOOKS))
+    _readable(folder / CODEBOOKS)
     files = {f: sha256_file(folder / f) for f in (WEIGHTS, CODEBOOKS)}
     model_id = hashlib.sha256((files[WEIGHTS] + files[CODEBOOKS]).encode()).hexdigest()[:8]
     manifest = {
@@ -379,10 +404,7 @@ def save_bundle(
         shutil.copyfile(TAEF2_LICENSE, folder / TAEF2_LICENSE.name)
         manifest["licenses"] = {TAEF2_LICENSE.name: "MIT, (c) 2023 Ollin Boer Bohan: TAEF2 encoder/decoder "
                                 "(github.com/madebyollin/taesd), fine-tuned here"}  # fmt: skip
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, folder / MANIFEST)
-    _load_cached.cache_clear()
+    write_manifest(folder, manifest)
     return manifest
 
 
@@ -397,10 +419,7 @@ def copy_transformers(src: Bundle, folder: Path) -> dict:
             shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
             manifest["files"][fname] = sha256_file(folder / fname)
             manifest[key] = src.manifest[key]
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, folder / MANIFEST)
-    _load_cached.cache_clear()
+    write_manifest(folder, manifest)
     return manifest
 
 
@@ -408,18 +427,11 @@ def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict
     """Add (or replace) a bundle's index-map transformer (``kind`` masked or ar); the model id
     does not change, since it only hashes the autoencoder and codebooks, so static-coded files
     still decode (context-coded ones carry the transformer's own tag)."""
-    import torch
-    from safetensors.torch import save_file
-
     key, fname = TRANSFORMERS[kind]
     folder = find_bundle(folder)
     manifest = _read_manifest(folder)
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    save_file(sd, str(folder / fname))
+    save_fp16(net.state_dict(), folder / fname)
     manifest["files"][fname] = sha256_file(folder / fname)
     manifest[key] = {"config": net.config.to_dict(), **record}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, folder / MANIFEST)
-    _load_cached.cache_clear()
+    write_manifest(folder, manifest)
     return manifest

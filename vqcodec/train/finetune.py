@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> None:
 def save_discriminator(ckpt: Path, path: Path) -> None:
     """The discriminator of a training checkpoint as fp16 safetensors (5.5 MB instead of the 127 MB
     checkpoint with both optimizers), so a run's adversary survives a machine that does not."""
-    from safetensors.torch import save_file
+    from vqcodec.zoo import save_fp16
 
     disc = torch.load(ckpt, map_location="cpu", weights_only=True)["disc"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in disc.items()}, str(path))
+    save_fp16(disc, path)
 
 
 if __name__ == "__main__":
