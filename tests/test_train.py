@@ -134,7 +134,7 @@ def test_ddp_two_cpu_processes_gloo(photos, tmp_path):
     assert torch.load(out / "last.ckpt", weights_only=True)["step"] == 3
 
 
-def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, photos, tmp_path):
+def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, photos, tmp_path, monkeypatch):
     """--decoder-only trains the decoder alone; finetune --decoder-from ships it with the same
     encoder, books and transformers, so files keep their index maps and decode differently."""
     import shutil
@@ -168,6 +168,18 @@ def test_decoder_only_run_keeps_index_maps_and_transformers(tiny_bundle_dir, pho
     a, b = codec.encode(img, 16, old), codec.encode(img, 16, new)
     assert np.array_equal(codec.unpack(a, old)[0].indices, codec.unpack(b, new)[0].indices)
     assert not np.array_equal(codec.decode(a, old), codec.decode(b, new))
+    # --book-sizes: the books drawn (weighted by repetition), checked against the bundle's and the mode
+    drawn, choice = [], autoencoder.random.choice
+    monkeypatch.setattr(autoencoder.random, "choice", lambda seq: drawn.append(list(seq)) or choice(seq))
+    autoencoder.main(common(photos, tmp_path / "low") + ["--init-from", str(src), "--decoder-only", "--steps", "2",
+                                                         "--book-sizes", "8", "8", "16"])  # fmt: skip
+    assert drawn.count([8, 8, 16]) == 2 and [8, 16, 32, 64] not in drawn
+    with pytest.raises(SystemExit, match=r"--book-sizes \[12\]: the bundle's books are K = \[8, 16, 32, 64\]"):
+        autoencoder.main(common(photos, tmp_path / "bad") + ["--init-from", str(src), "--decoder-only", "--steps", "1",
+                                                             "--book-sizes", "8", "12"])  # fmt: skip
+    with pytest.raises(SystemExit, match="--book-sizes needs --decoder-only"):
+        autoencoder.main(common(photos, tmp_path / "bad2") + ["--init-from", str(src), "--steps", "1",
+                                                              "--book-sizes", "8"])  # fmt: skip
     # a checkpoint whose encoder moved is refused
     autoencoder.main(common(photos, tmp_path / "full") + ["--init-from", str(src), "--steps", "2", "--lr", "1e-2"])
     with pytest.raises(SystemExit, match="differs"):

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train post_quant_conv + decoder only, on a random K-means book of --init-from per step",
     )
+    ap.add_argument("--book-sizes", type=int, nargs="+", default=None, metavar="K",
+                    help="with --decoder-only: draw each step's book from these K (repeat one to draw it more "
+                         "often, e.g. 8 8 16 32 64 64 128 256) instead of uniformly from all the bundle's books")
     ap.add_argument("--dec-blocks", type=int, nargs=2, default=None, metavar=("AT_1_8", "AT_1_16"),
                     help="with --init-from: grow the taef2 decoder's coder mirror to this many residual blocks at "
                          "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
@@ -224,9 +227,13 @@ class Trainer:
             self.model.encoder.taef2.requires_grad_(False)
         elif args.latent_steps > self.step:
             raise SystemExit("--latent-steps needs the taef2 backbone (with its encoder frozen)")
+        if args.book_sizes and not args.decoder_only:
+            raise SystemExit("--book-sizes needs --decoder-only")
         if args.decoder_only:
             if not self.books:
                 raise SystemExit("--decoder-only needs --init-from <bundle> (or --resume of such a run)")
+            if unknown := sorted(set(args.book_sizes or ()) - set(self.books)):
+                raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(self.books)}")
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
 
@@ -436,7 +443,7 @@ class Trainer:
                 x_hat = None
             elif self.books:  # --decoder-only: frozen encoder, a random book, no codebook loss
                 with torch.no_grad():
-                    book = self.books[random.choice(sorted(self.books))]
+                    book = self.books[random.choice(self.args.book_sizes or sorted(self.books))]
                     z_q = model.quantize.dequantize(model.quantize.quantize(model.encode_latent(x), book), book)
                 x_hat, qloss = model.decode_latent(z_q), torch.zeros((), device=x.device)
             else:
