@@ -331,7 +331,8 @@ def load_model(name_or_path: str | os.PathLike | None = None) -> Bundle:
 
 def _readable(path: Path) -> None:
     """Give a written file the mode the umask allows (0644 usually): safetensors creates its files
-    0600, which would leave a bundle written by one user unreadable by the others."""
+    0600, which would leave a bundle written by one user unreadable by the others. Reading the
+    umask means setting it for an instant; bundles are written from one thread, so that is safe."""
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
