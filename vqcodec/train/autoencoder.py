@@ -227,8 +227,6 @@ class Trainer:
             self.model.encoder.taef2.requires_grad_(False)
         elif args.latent_steps > self.step:
             raise SystemExit("--latent-steps needs the taef2 backbone (with its encoder frozen)")
-        if args.book_sizes and not args.decoder_only:
-            raise SystemExit("--book-sizes needs --decoder-only")
         if args.decoder_only:
             if not self.books:
                 raise SystemExit("--decoder-only needs --init-from <bundle> (or --resume of such a run)")
@@ -644,6 +642,8 @@ class _null:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.book_sizes and not args.decoder_only:  # before any bundle or photo is loaded
+        raise SystemExit("--book-sizes needs --decoder-only")
     Trainer(args).run()
     if dist.is_initialized():
         dist.destroy_process_group()
