@@ -128,6 +128,18 @@ def test_grown_decoder_starts_where_the_bundle_is_and_ships(photos, tmp_path):  
                                    atol=1e-3, rtol=0)  # fmt: skip  (bundle weights are fp16)
     autoencoder.main(grow + ["--steps", "4", "--lr", "1e-2"])
     assert torch.load(tmp_path / "grow" / "last.ckpt", weights_only=True)["config"]["dec_res_blocks"] == [2, 3]
+    # --old-lr-scale: the bundle's weights at a share of the LR, the new blocks at the full LR, kept on resume
+    slow = grow[:grow.index("--out")] + ["--out", str(tmp_path / "slow")] + grow[grow.index("--out") + 2:]
+    autoencoder.main(slow + ["--steps", "2", "--lr", "1e-2", "--old-lr-scale", "0.25"])
+    autoencoder.main(slow + ["--steps", "3", "--lr", "1e-2", "--resume"])
+    state = torch.load(tmp_path / "slow" / "last.ckpt", weights_only=True)
+    assert state["step"] == 3 and state["new_params"]
+    assert all(n.startswith(("decoder.block0.1.", "decoder.block1.1.", "decoder.block1.2.")) for n in state["new_params"])
+    old_g, new_g = state["opt"]["param_groups"]
+    assert (old_g["lr_scale"], new_g["lr_scale"]) == (0.25, 1.0) and old_g["lr"] == pytest.approx(0.25 * new_g["lr"])
+    assert len(new_g["params"]) == len(state["new_params"])
+    with pytest.raises(SystemExit, match="--old-lr-scale needs --init-from"):
+        autoencoder.main(tiny + ["--out", str(tmp_path / "x"), "--old-lr-scale", "0.5", "--steps", "1"])
     disc_file = tmp_path / "ft" / "discriminator.safetensors"
     finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "grow" / "last.ckpt"), "--steps", "0",
                    "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4",

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --init-from: grow the taef2 decoder's coder mirror to this many residual blocks at "
                          "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
                          "the model begins exactly where the bundle is")
+    ap.add_argument("--old-lr-scale", type=float, default=1.0, metavar="S",
+                    help="with --init-from: the bundle's own weights train at S x the LR, new ones (--dec-blocks) "
+                         "at the full LR")
     ap.add_argument("--disc-from", type=Path, default=None,
                     help="with --init-from: start the discriminator from this training checkpoint's, or "
                          "from a .safetensors file written by vqc finetune --save-disc")
@@ -212,7 +215,8 @@ class Trainer:
         if args.bf16 is None:  # bf16 only where it is native: on AVX2-only CPUs it is emulated and slow
             args.bf16 = native_bf16()
         self.channels_last = self.device.type == "cuda" or args.bf16
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.new_params: list[str] = []  # --init-from: tensors the bundle had no weights for
+        self.opt = self._optimizer()
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.step = 0
         self.elapsed = 0.0
@@ -234,6 +238,18 @@ class Trainer:
                 raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(self.books)}")
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the model; with ``--old-lr-scale`` the tensors a bundle already had train at
+        that share of the LR and the new ones (``--dec-blocks``) at the full LR, so growing a
+        converged decoder does not first undo its last LR decay (session 13: restarting vqc-gan2
+        at the full rate cost its val LPIPS 0.015 before the new decay won it back)."""
+        new = set(self.new_params)
+        params = dict(self.model.named_parameters())
+        groups = [{"params": [p for n, p in params.items() if n not in new], "lr_scale": self.args.old_lr_scale}]
+        if new:
+            groups.append({"params": [p for n, p in params.items() if n in new], "lr_scale": 1.0})
+        return torch.optim.AdamW(groups, lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
 
     def _with_quantizer(self, cfg: AutoencoderConfig) -> AutoencoderConfig:
         """``cfg`` with the quantizer options given on the command line."""
@@ -298,7 +314,8 @@ class Trainer:
             cfg = AutoencoderConfig.from_dict(state["config"])
             if cfg != self.model.config:  # e.g. a run started from a bundle with another quantizer
                 self.model = build_autoencoder(cfg).to(self.device)
-                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+            self.new_params = list(state.get("new_params", []))
+            self.opt = self._optimizer()  # the same parameter groups as the run that saved it
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["disc"])
             self.opt.load_state_dict(state["opt"])
@@ -323,9 +340,10 @@ class Trainer:
                 self.seed_books = True
             if new != self.model.config:
                 self.model = build_autoencoder(new).to(self.device)
-                self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
             missing = self.model.load_state_dict(sd, strict=False).missing_keys
             self._identity_blocks(missing)
+            self.new_params = [n for n in missing if not n.endswith("usage")]
+            self.opt = self._optimizer()
             if self.args.disc_from is not None:
                 self.disc.load_state_dict(load_disc(self.args.disc_from, self.device))
                 self.log(f"discriminator from {self.args.disc_from}")
@@ -375,6 +393,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "books": {str(k): v.cpu() for k, v in self.books.items()},
             "config": self.model.config.to_dict(),
+            "new_params": self.new_params,
             "args": {k: str(v) for k, v in vars(self.args).items()},
             "py_rng": random.getstate(),
             "torch_rng": torch.get_rng_state(),
@@ -424,7 +443,7 @@ class Trainer:
         model, args = self.model, self.args
         lr = self._adaptive_lr()
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         for g in self.opt_d.param_groups:  # same warm-up and decay, scaled by --disc-lr / --lr
             g["lr"] = lr * (args.disc_lr / args.lr if args.disc_lr is not None else 1.0)
         amp = self._amp()
@@ -644,6 +663,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.book_sizes and not args.decoder_only:  # before any bundle or photo is loaded
         raise SystemExit("--book-sizes needs --decoder-only")
+    if args.old_lr_scale != 1.0 and args.init_from is None:
+        raise SystemExit("--old-lr-scale needs --init-from (the bundle whose weights it scales)")
     Trainer(args).run()
     if dist.is_initialized():
         dist.destroy_process_group()
