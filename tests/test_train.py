@@ -218,3 +218,13 @@ def test_disc_lr_scales_the_discriminator_with_the_generator_schedule(photos, tm
     g, d = trainer.opt.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"]
     assert g == pytest.approx(1e-4 * 6 / 200 * (1 - 0.9 * 0.5))
     assert d == pytest.approx(4 * g)
+
+
+def test_l1_weight_scales_the_pixel_loss(photos, tmp_path):
+    """--l1-weight: the L1 term enters the generator's loss at that weight (taming's 1.0 by default)."""
+    args = autoencoder.build_parser().parse_args(
+        common(photos, tmp_path / "run") + ["--pixel-steps", "0", "--lpips-weight", "0", "--l1-weight", "0.25"])
+    trainer = autoencoder.Trainer(args)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    logs = trainer.train_step(x, autoencoder.phase_at(trainer.phases, trainer.step))
+    assert logs["loss"] == pytest.approx(0.25 * logs["l1"] + logs["q"], rel=1e-5)

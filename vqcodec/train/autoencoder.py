@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lpips-weight", type=float, default=1.0)
+    ap.add_argument("--l1-weight", type=float, default=1.0,
+                    help="weight of the L1 pixel loss (taming's 1.0); lower trades PSNR for texture the "
+                         "perceptual and adversarial losses ask for")
     ap.add_argument("--perceptual-mse", type=float, default=0.0, help="MSE weight in the perceptual/GAN phases")
     ap.add_argument("--decay-start", type=int, default=-1, help="step where the linear LR decay starts (-1: never)")
     ap.add_argument("--decay-steps", type=int, default=0, help="length of the decay to 10 %% of --lr")
@@ -468,7 +471,7 @@ class Trainer:
             if x_hat is not None:
                 x_hat = x_hat.float()
                 rec = F.l1_loss(x_hat, x)
-                loss = rec + qloss
+                loss = args.l1_weight * rec + qloss
                 logs = {"l1": rec.item(), "q": qloss.item()}
             if phase.mse:
                 mse = F.mse_loss(x_hat, x)
