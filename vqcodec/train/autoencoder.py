@@ -345,7 +345,8 @@ class Trainer:
                 self.model = build_autoencoder(new).to(self.device)
             missing = self.model.load_state_dict(sd, strict=False).missing_keys
             self._identity_blocks(missing)
-            self.new_params = [n for n in missing if not n.endswith("usage")]
+            trainable = dict(self.model.named_parameters())  # missing_keys also lists buffers
+            self.new_params = [n for n in missing if n in trainable]
             self.opt = self._optimizer()
             if self.args.disc_from is not None:
                 self.disc.load_state_dict(load_disc(self.args.disc_from, self.device))
