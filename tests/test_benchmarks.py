@@ -222,3 +222,30 @@ def test_big_images_benchmark_measures_each_vqc_process_on_its_own(tiny_bundle_d
     assert 50 < peak_mb < 4000 and wall > 0
     with pytest.raises(SystemExit, match="failed"):
         big.timed(["decode", str(tmp_path / "missing.vqc"), "-o", str(tmp_path / "b.png")], 1)
+
+
+def test_paired_comparison_pairs_photos_and_applies_the_two_se_rule(tmp_path, capsys):
+    """paired.py: differences are taken photo by photo (a photo only one run scored is left out),
+    and "clearly better" needs LPIPS lower by more than two standard errors at K=8 and K=64."""
+    paired = _load("paired")
+
+    def write(name, lpips):
+        path = tmp_path / name
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "K", "bytes", "bpp", "psnr", "ms_ssim", "lpips", "dists"])
+            for (img, k), v in lpips.items():
+                w.writerow([img, k, 100, 0.01, 18.0, 0.6, v, 0.25])
+        return path
+
+    base = {(f"p{i}", k): 0.40 + 0.05 * i for i in range(4) for k in (8, 64)}
+    steady = {key: v - 0.02 + 0.001 * (int(key[0][1:]) % 2) for key, v in base.items()}  # always ~0.02 better
+    noisy = {key: v + (0.03 if key[0] in ("p0", "p2") else -0.035) for key, v in base.items()}
+    base_csv = write("base.csv", base | {("extra", 8): 0.9})
+    r = paired.compare(paired.read(base_csv), paired.read(write("steady.csv", steady)), "lpips")
+    assert r[8]["n"] == 4 and r[8]["better"] == 4 and r[8]["mean"] == pytest.approx(-0.0195, abs=1e-3)
+    assert paired.clearly_better(r)
+    assert not paired.clearly_better(paired.compare(paired.read(base_csv), paired.read(write("noisy.csv", noisy)), "lpips"))
+    assert not paired.clearly_better({8: r[8]})  # K=64 missing: no verdict in its favour
+    paired.main([str(base_csv), str(tmp_path / "steady.csv")])
+    assert "verdict (LPIPS-Alex lower by > 2 SE at K=8 and K=64): clearly better" in capsys.readouterr().out

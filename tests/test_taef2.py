@@ -104,20 +104,25 @@ def test_taef2_run_latent_phase_export_and_codec_round_trip(photos, tmp_path):  
     assert out_img.shape == img.shape and out_img.dtype == np.uint8
 
 
+def _tiny_bundle(data, tmp_path) -> tuple[list[str], object]:
+    """The tiny taef2 trainer flags and a bundle exported from a 2-step run of them (in tmp_path/b)."""
+    tiny = ["--data", str(data), "--arch", "test-tiny-taef2", "--crop", "32", "--batch", "2", "--n-val", "2",
+            "--workers", "0", "--val-minutes", "0", "--threads", "1", "--lpips-weight", "0"]  # fmt: skip
+    torch.manual_seed(0)
+    autoencoder.main(tiny + ["--out", str(tmp_path / "run"), "--latent-steps", "1", "--latent-batch", "2",
+                             "--latent-crop", "32", "--pixel-steps", "1", "--steps", "2"])  # fmt: skip
+    codebooks.main([str(tmp_path / "run" / "last.ckpt"), "--out", str(tmp_path / "b"), "--name", "t2", "--arch",
+                    "test-tiny-taef2", "--data", str(data), "--images", "4"])  # fmt: skip
+    return tiny, load_model(tmp_path / "b")
+
+
 @needs_taef2
 def test_grown_decoder_starts_where_the_bundle_is_and_ships(photos, tmp_path):  # noqa: F811
     """``--dec-blocks``: new decoder blocks start as the identity (same pictures as the bundle),
     train, and ``finetune --decoder-from`` ships the grown model, not the bundle's shape."""
     from vqcodec.train import finetune
 
-    tiny = ["--data", str(photos), "--arch", "test-tiny-taef2", "--crop", "32", "--batch", "2", "--n-val", "2",
-            "--workers", "0", "--val-minutes", "0", "--threads", "1", "--lpips-weight", "0"]  # fmt: skip
-    torch.manual_seed(0)
-    autoencoder.main(tiny + ["--out", str(tmp_path / "run"), "--latent-steps", "1", "--latent-batch", "2",
-                             "--latent-crop", "32", "--pixel-steps", "1", "--steps", "2"])  # fmt: skip
-    codebooks.main([str(tmp_path / "run" / "last.ckpt"), "--out", str(tmp_path / "b"), "--name", "t2", "--arch",
-                    "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
-    bundle = load_model(tmp_path / "b")
+    tiny, bundle = _tiny_bundle(photos, tmp_path)
     grow = tiny + ["--out", str(tmp_path / "grow"), "--init-from", str(tmp_path / "b"), "--decoder-only",
                    "--pixel-steps", "0", "--dec-blocks", "2", "3"]  # fmt: skip
     trainer = autoencoder.Trainer(autoencoder.build_parser().parse_args(grow + ["--steps", "2"]))
@@ -163,3 +168,36 @@ def test_grown_decoder_starts_where_the_bundle_is_and_ships(photos, tmp_path):  
     with pytest.raises(SystemExit, match="dec-blocks"):  # shrinking would drop trained blocks
         autoencoder.main(tiny + ["--out", str(tmp_path / "shrink"), "--init-from", str(tmp_path / "ft"),
                                  "--decoder-only", "--dec-blocks", "1", "1", "--steps", "1"])  # fmt: skip
+
+
+@needs_taef2
+def test_book_lr_trains_the_reduced_books_with_the_decoder_and_ships_them(photos, tmp_path):  # noqa: F811
+    """``--book-lr``: the reduced books (not the base one, which makes the encoder's index map)
+    train beside the decoder, survive ``--resume`` in their own optimizer group, and
+    ``finetune --decoder-from`` ships them with new frequency tables."""
+    from vqcodec.train import finetune
+
+    tiny, bundle = _tiny_bundle(photos, tmp_path)
+    base = bundle.model.config.n_embed
+    tune = tiny + ["--out", str(tmp_path / "tune"), "--init-from", str(tmp_path / "b"), "--decoder-only",
+                   "--pixel-steps", "0", "--book-lr", "5e-2", "--book-sizes", "8"]  # fmt: skip
+    autoencoder.main(tune + ["--steps", "2"])
+    autoencoder.main(tune + ["--steps", "4", "--resume"])
+    state = torch.load(tmp_path / "tune" / "last.ckpt", weights_only=True)
+    assert state["step"] == 4
+    books_g = state["opt"]["param_groups"][-1]
+    reduced = [k for k in bundle.codebook_sizes if k != base]
+    assert len(books_g["params"]) == len(reduced) and books_g["lr_scale"] == pytest.approx(5e-2 / float(state["args"]["lr"]))
+    moved = {k for k in reduced if not torch.equal(state["books"][str(k)], bundle.codebook(k).float())}
+    assert moved == {8}  # the drawn book trained, the others (no gradient) did not move
+    assert torch.equal(state["books"][str(base)], bundle.codebook(base).float())
+    finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "tune" / "last.ckpt"), "--steps", "0",
+                   "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4"])  # fmt: skip
+    shipped = load_model(tmp_path / "ft")
+    for k in reduced:
+        torch.testing.assert_close(shipped.codebook(k).float(), state["books"][str(k)].float())
+    assert shipped.manifest["training"]["decoder_finetuned"]["books_trained"] == [8]
+    img = make_image(40, 56, seed=5)
+    assert codec.decode(codec.encode(img, codebook_size=8, model=shipped), model=shipped).shape == img.shape
+    with pytest.raises(SystemExit, match="--book-lr needs --decoder-only"):
+        autoencoder.main(tiny + ["--out", str(tmp_path / "x"), "--book-lr", "1e-3", "--steps", "1"])

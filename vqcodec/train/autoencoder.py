@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --init-from: grow the taef2 decoder's coder mirror to this many residual blocks at "
                          "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
                          "the model begins exactly where the bundle is")
+    ap.add_argument("--book-lr", type=float, default=0.0, metavar="LR",
+                    help="with --decoder-only: also train the bundle's reduced books (every K but the base) at "
+                         "this LR, on the same schedule, through the decoder's losses (the paper's per-K "
+                         "fine-tuning, with the GAN; encoder frozen); 0: books fixed")
     ap.add_argument("--old-lr-scale", type=float, default=1.0, metavar="S",
                     help="with --init-from: the bundle's own weights train at S x the LR, new ones (--dec-blocks) "
                          "at the full LR")
@@ -208,6 +212,7 @@ class Trainer:
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed + self.rank)
+        random.seed(args.seed + self.rank)  # the book each --decoder-only step draws; crops have their own RNG
         self.out: Path = args.out
         self.main = self.rank == 0
         if args.arch not in ARCHS:
@@ -219,12 +224,12 @@ class Trainer:
             args.bf16 = native_bf16()
         self.channels_last = self.device.type == "cuda" or args.bf16
         self.new_params: list[str] = []  # --init-from: tensors the bundle had no weights for
+        self.books: dict[int, torch.Tensor] = {}  # --decoder-only: the bundle's K-means books
         self.opt = self._optimizer()
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.step = 0
         self.elapsed = 0.0
         self.lpips: torch.nn.Module | None = None
-        self.books: dict[int, torch.Tensor] = {}  # --decoder-only: the bundle's K-means books
         self.phases = schedule(args)
         self._start()
         if self.channels_last:
@@ -252,7 +257,20 @@ class Trainer:
         groups = [{"params": [p for n, p in params.items() if n not in new], "lr_scale": self.args.old_lr_scale}]
         if new:
             groups.append({"params": [p for n, p in params.items() if n in new], "lr_scale": 1.0})
+        if tuned := self._tuned_books():
+            groups.append({"params": tuned, "lr_scale": self.args.book_lr / self.args.lr})
         return torch.optim.AdamW(groups, lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+
+    def _tuned_books(self) -> list[torch.Tensor]:
+        """``--book-lr``: the reduced books as trainable leaves, in K order (the optimizer's group
+        order must be the same on ``--resume``); the base book is the model's own and stays frozen,
+        so the encoder's base index map, hence ``vqc finetune --decoder-from``'s check, still holds."""
+        if not (self.args.book_lr and self.books):
+            return []
+        base = self.model.config.n_embed
+        for k in self.books:
+            self.books[k] = self.books[k].detach().float().requires_grad_(k != base)
+        return [self.books[k] for k in sorted(self.books) if k != base]
 
     def _with_quantizer(self, cfg: AutoencoderConfig) -> AutoencoderConfig:
         """``cfg`` with the quantizer options given on the command line."""
@@ -318,13 +336,13 @@ class Trainer:
             if cfg != self.model.config:  # e.g. a run started from a bundle with another quantizer
                 self.model = build_autoencoder(cfg).to(self.device)
             self.new_params = list(state.get("new_params", []))
+            self.books = {int(k): v.to(self.device) for k, v in state.get("books", {}).items()}
             self.opt = self._optimizer()  # the same parameter groups as the run that saved it
             self.model.load_state_dict(state["model"])
             self.disc.load_state_dict(state["disc"])
             self.opt.load_state_dict(state["opt"])
             self.opt_d.load_state_dict(state["opt_d"])
             self.step, self.elapsed = state["step"], state["elapsed"]
-            self.books = {int(k): v.to(self.device) for k, v in state.get("books", {}).items()}
             random.setstate(state["py_rng"])
             torch.set_rng_state(state["torch_rng"])
             self.log(f"resumed {ckpt} at step {self.step}")
@@ -356,6 +374,7 @@ class Trainer:
 
                 books = load_model(self.args.init_from).codebooks
                 self.books = {int(k): v.float().to(self.device) for k, v in books.items()}
+                self.opt = self._optimizer()  # --book-lr: the books join it
             self.step = int(record.get("steps", 0))
             self.elapsed = float(record.get("seconds", 0.0))
             self.log(f"initialised from bundle {self.args.init_from} (step {self.step})")
@@ -395,7 +414,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
-            "books": {str(k): v.cpu() for k, v in self.books.items()},
+            "books": {str(k): v.detach().cpu() for k, v in self.books.items()},
             "config": self.model.config.to_dict(),
             "new_params": self.new_params,
             "args": {k: str(v) for k, v in vars(self.args).items()},
@@ -463,9 +482,10 @@ class Trainer:
                 logs = {"latent_mse": rec.item(), "q": qloss.item()}
                 x_hat = None
             elif self.books:  # --decoder-only: frozen encoder, a random book, no codebook loss
+                book = self.books[random.choice(self.args.book_sizes or sorted(self.books))]
                 with torch.no_grad():
-                    book = self.books[random.choice(self.args.book_sizes or sorted(self.books))]
-                    z_q = model.quantize.dequantize(model.quantize.quantize(model.encode_latent(x), book), book)
+                    idx = model.quantize.quantize(model.encode_latent(x), book.detach())
+                z_q = model.quantize.dequantize(idx, book)  # --book-lr: the loss reaches the book's codes
                 x_hat, qloss = model.decode_latent(z_q), torch.zeros((), device=x.device)
             else:
                 x_hat, qloss, _ = model(x)
@@ -667,6 +687,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.book_sizes and not args.decoder_only:  # before any bundle or photo is loaded
         raise SystemExit("--book-sizes needs --decoder-only")
+    if args.book_lr and not args.decoder_only:
+        raise SystemExit("--book-lr needs --decoder-only (the bundle's reduced books are what it trains)")
     if args.old_lr_scale != 1.0 and args.init_from is None:
         raise SystemExit("--old-lr-scale needs --init-from (the bundle whose weights it scales)")
     Trainer(args).run()

@@ -58,6 +58,20 @@ def take_decoder(model, ckpt: Path) -> tuple[torch.nn.Module, dict]:
             "args": state.get("args", {})}  # fmt: skip
 
 
+def tuned_books(ckpt: Path, bundle) -> dict[int, torch.Tensor]:
+    """The reduced books a ``vqc train --decoder-only --book-lr`` run trained beside its decoder
+    (only those that differ from the bundle's): they ship with that decoder, which learnt on them."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("books", {})
+    out = {}
+    for k, book in saved.items():
+        k = int(k)
+        if k not in bundle.codebooks or book.shape != bundle.codebook(k).shape:
+            raise SystemExit(f"{ckpt}: its K={k} book does not fit the bundle's books (K = {bundle.codebook_sizes})")
+        if not torch.equal(book.float(), bundle.codebook(k).float()):
+            out[k] = book.float()
+    return out
+
+
 def new_tables(model, books: dict, files: list[Path], images: int, base_k: int) -> dict:
     """Frequency tables of every book from the index maps of ``images`` training photos."""
     from vqcodec.entropy import FrequencyTable
@@ -140,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vqc finetune: {bundle.name} has a {bundle.manifest['quantizer']['type']} quantizer; "
                          "codebook fine-tuning is implemented for plain VQ bundles only")  # fmt: skip
     model = bundle.model
-    decoder = None
+    decoder, trained = None, {}
     if args.decoder_from:
         model, decoder = take_decoder(model, args.decoder_from)
+        trained = tuned_books(args.decoder_from, bundle)
     files, _ = split_holdout(list_images(args.data), 8)
     photos = [load_rgb(p, 1024) for p in files]
     crops = CropStream(photos, args.crop)
@@ -154,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     base_k = model.config.n_embed
     ks = args.ks or [k for k in bundle.codebook_sizes if k != base_k]
     books = dict(bundle.codebooks)
+    if decoder and trained:
+        books.update(trained)
+        decoder["books_trained"] = sorted(trained)
     logs = {}
     for k in ks if args.steps else []:
         t = time.time()
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"K={k}: probe loss {logs[str(k)]['probe_loss_before']} -> {logs[str(k)]['probe_loss_after']} "
               f"({time.time() - t:.0f}s)",
               flush=True)  # fmt: skip
-    if args.steps or decoder is None:
+    if args.steps or decoder is None or decoder.get("books_trained"):
         tables = new_tables(model, books, files, args.images, base_k)
     else:  # only the decoder changed: the index maps, hence the frequency tables, are the bundle's
         tables = dict(bundle.tables)
