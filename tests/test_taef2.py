@@ -197,7 +197,33 @@ def test_book_lr_trains_the_reduced_books_with_the_decoder_and_ships_them(photos
     for k in reduced:
         torch.testing.assert_close(shipped.codebook(k).float(), state["books"][str(k)].float())
     assert shipped.manifest["training"]["decoder_finetuned"]["books_trained"] == [8]
+    # codebook fine-tuning on top (--steps) starts from the run's books, not the bundle's K-means ones
+    finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "tune" / "last.ckpt"), "--steps", "1",
+                   "--lr", "1e-9", "--ks", "8", "--crop", "32", "--batch", "2", "--lpips-weight", "0",
+                   "--out", str(tmp_path / "ft2"), "--data", str(photos), "--images", "4"])  # fmt: skip
+    torch.testing.assert_close(load_model(tmp_path / "ft2").codebook(8).float(), state["books"]["8"], atol=1e-6, rtol=0)
     img = make_image(40, 56, seed=5)
     assert codec.decode(codec.encode(img, codebook_size=8, model=shipped), model=shipped).shape == img.shape
     with pytest.raises(SystemExit, match="--book-lr needs --decoder-only"):
         autoencoder.main(tiny + ["--out", str(tmp_path / "x"), "--book-lr", "1e-3", "--steps", "1"])
+
+
+@needs_taef2
+def test_book_lr_under_ddp_keeps_the_replicas_books_equal(photos, tmp_path):  # noqa: F811
+    """Two gloo processes draw different books per step; every trained book is still reduced on
+    both (zeros where not drawn), so the replicas end with the same books and weights."""
+    import os
+    import subprocess
+    import sys
+
+    tiny, bundle = _tiny_bundle(photos, tmp_path)
+    tiny[tiny.index("test-tiny-taef2")] = "taef2-vq-f16"  # registered by conftest only; the bundle's config wins
+    args = tiny + ["--out", str(tmp_path / "ddp"), "--init-from", str(tmp_path / "b"), "--decoder-only",
+                   "--pixel-steps", "0", "--book-lr", "5e-2", "--steps", "4"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vqcodec.train.autoencoder", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DDP: 2 replicas, weights in sync: True" in proc.stdout
+    books = torch.load(tmp_path / "ddp" / "last.ckpt", weights_only=True)["books"]
+    assert any(not torch.equal(books[str(k)], bundle.codebook(k).float()) for k in bundle.codebook_sizes)

@@ -398,7 +398,8 @@ class Trainer:
         return bool(flag.item())
 
     def _replicas_in_sync(self) -> bool:
-        total = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        tensors = [*self.model.parameters(), *self.books.values()]
+        total = torch.stack([p.detach().double().sum() for p in tensors]).sum().reshape(1)
         lo, hi = total.clone(), total.clone()
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
@@ -520,6 +521,7 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
+            self._reduce_book_grads()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         self.opt.step()
         if phase.gan:
@@ -544,6 +546,15 @@ class Trainer:
                     dist.broadcast(t.data, 0)
         logs["loss"] = loss.item()
         return logs
+
+    def _reduce_book_grads(self) -> None:
+        """DDP with ``--book-lr``: each replica drew its own book, so each reduces every trained
+        book (zeros for the ones it did not draw, same order everywhere); a book no replica drew
+        gets no gradient, as without DDP, so AdamW leaves it alone."""
+        for book in (b for _, b in sorted(self.books.items()) if b.requires_grad):
+            grad = book.grad if book.grad is not None else torch.zeros_like(book)
+            dist.all_reduce(grad)
+            book.grad = grad / self.world if grad.any() else None
 
     def _amp(self):
         """bf16 autocast on CUDA always, on the CPU with --bf16 (default: native bf16; losses in fp32)."""

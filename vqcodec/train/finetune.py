@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = {}
     for k in ks if args.steps else []:
         t = time.time()
-        books[k], logs[str(k)] = finetune_book(model, bundle.codebook(k), crops, args.steps, args.batch, args.lr,
+        books[k], logs[str(k)] = finetune_book(model, books[k], crops, args.steps, args.batch, args.lr,
                                                lpips, args.lpips_weight)  # fmt: skip
         print(f"K={k}: probe loss {logs[str(k)]['probe_loss_before']} -> {logs[str(k)]['probe_loss_after']} "
               f"({time.time() - t:.0f}s)",
