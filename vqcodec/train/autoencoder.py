@@ -365,16 +365,15 @@ class Trainer:
             self._identity_blocks(missing)
             trainable = dict(self.model.named_parameters())  # missing_keys also lists buffers
             self.new_params = [n for n in missing if n in trainable]
-            self.opt = self._optimizer()
-            if self.args.disc_from is not None:
-                self.disc.load_state_dict(load_disc(self.args.disc_from, self.device))
-                self.log(f"discriminator from {self.args.disc_from}")
-            if self.args.decoder_only:
+            if self.args.decoder_only:  # before the optimizer: with --book-lr the books join it
                 from vqcodec.zoo import load_model
 
                 books = load_model(self.args.init_from).codebooks
                 self.books = {int(k): v.float().to(self.device) for k, v in books.items()}
-                self.opt = self._optimizer()  # --book-lr: the books join it
+            self.opt = self._optimizer()
+            if self.args.disc_from is not None:
+                self.disc.load_state_dict(load_disc(self.args.disc_from, self.device))
+                self.log(f"discriminator from {self.args.disc_from}")
             self.step = int(record.get("steps", 0))
             self.elapsed = float(record.get("seconds", 0.0))
             self.log(f"initialised from bundle {self.args.init_from} (step {self.step})")
