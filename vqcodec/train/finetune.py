@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     base_k = model.config.n_embed
     ks = args.ks or [k for k in bundle.codebook_sizes if k != base_k]
     books = dict(bundle.codebooks)
-    if decoder and trained:
+    if trained:  # only a --decoder-from run has them
         books.update(trained)
         decoder["books_trained"] = sorted(trained)
     logs = {}
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"K={k}: probe loss {logs[str(k)]['probe_loss_before']} -> {logs[str(k)]['probe_loss_after']} "
               f"({time.time() - t:.0f}s)",
               flush=True)  # fmt: skip
-    if args.steps or decoder is None or decoder.get("books_trained"):
+    if args.steps or decoder is None or trained:
         tables = new_tables(model, books, files, args.images, base_k)
     else:  # only the decoder changed: the index maps, hence the frequency tables, are the bundle's
         tables = dict(bundle.tables)
