@@ -81,11 +81,12 @@ def encode(
 
 def coding_mode(entropy: str) -> CodingMode | None:
     """ "auto" -> None (the codec picks the best available), else the named mode."""
-    modes = {"static": CodingMode.STATIC, "context": CodingMode.CONTEXT, "raw": CodingMode.RAW}
+    modes = {"static": CodingMode.STATIC, "exact": CodingMode.EXACT, "context": CodingMode.CONTEXT,
+             "raw": CodingMode.RAW}  # fmt: skip
     if entropy == "auto":
         return None
     if entropy not in modes:
-        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, context or raw")
+        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, exact, context or raw")
     return modes[entropy]
 
 

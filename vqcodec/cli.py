@@ -195,7 +195,9 @@ def encode(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
     entropy_coder: Annotated[
-        str, typer.Option("--entropy", help="auto | static | context | raw (fixed-width, uncoded)")
+        str, typer.Option("--entropy", help="auto | exact (integer context model: decodes on every computer; the "
+                     "default where the bundle has one) | static | context (the float context model of older files; "
+                     "may not decode on another CPU) | raw (fixed-width, uncoded)")
     ] = "auto",
     packets: Annotated[
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
@@ -341,6 +343,14 @@ def decode(
     raise typer.Exit(_summary(results, quiet, rate=False))
 
 
+CODING_LABELS = {
+    "exact": "exact (integer context model: the same indices on every computer)",
+    "context": "context (the float context model of older files: may fail to decode on another CPU)",
+    "static": "static (range coding with the bundle's frequency table)",
+    "raw": "raw (fixed-width indices)",
+}
+
+
 @app.command()
 def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
     """Show a .vqc file's header: version, model id, size, K, bytes, bpp."""
@@ -356,7 +366,7 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
         ("image size", f"{h.width}x{h.height}"),
         ("codebook size K", str(h.codebook_size)),
         ("indices", f"{n} ({h.m} x {hh} x {ww})"),
-        ("coding", h.mode.name.lower()),
+        ("coding", CODING_LABELS.get(h.mode.name.lower(), h.mode.name.lower())),
         ("file bytes", str(fi.file_bytes)),
         ("payload bytes", str(fi.payload_bytes)),
         ("bits per index", f"{fi.payload_bytes * 8 / max(n, 1):.3f} (uniform {entropy.raw_bits(h.codebook_size)})"),

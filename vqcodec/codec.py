@@ -236,14 +236,16 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     return _to_pixels(x)[:h, :w]
 
 
-def _context_net(bundle: Bundle, k: int):
+def _context_net(bundle: Bundle, k: int, exact: bool = False):
+    """The context model of coding mode ``exact`` (integer) or ``context`` (float)."""
     if bundle.m != 1:
         raise VqcUsageError(
             f"context coding models m = 1 index maps; model {bundle.name!r} has m = {bundle.m}: use --entropy static"
         )
-    net = bundle.recovery_model
+    net = bundle.exact_transformer("masked") if exact else bundle.recovery_model
     if net is None or k not in net.config.sizes:
-        raise VqcUsageError(f"model {bundle.name!r} has no context model for K={k} (train one: vqc train-recovery)")
+        what = "integer-exact context model" if exact else "context model"
+        raise VqcUsageError(f"model {bundle.name!r} has no {what} for K={k} (train one: vqc train-recovery)")
     return net
 
 
@@ -259,6 +261,11 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
         from vqcodec import context
 
         return context.encode_context(indices, _context_net(bundle, k), k, bundle.context_tag, bundle.context_levels)
+    if mode == CodingMode.EXACT:
+        from vqcodec import context
+
+        net = _context_net(bundle, k, exact=True)
+        return context.encode_context(indices, net, k, bundle.exact_tag, bundle.context_levels)
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
@@ -270,23 +277,26 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
-    if mode == CodingMode.CONTEXT and shape is not None:
+    if mode in (CodingMode.CONTEXT, CodingMode.EXACT) and shape is not None:
         from vqcodec import context
 
+        exact = mode == CodingMode.EXACT
         try:
-            net = _context_net(bundle, k)
+            net = _context_net(bundle, k, exact)
         except VqcUsageError as e:
             raise VqcFormatError(f"context-coded file: {e}") from None
-        return context.decode_context(
-            payload, net, k, *shape, tag=bundle.context_tag, levels=bundle.context_levels
-        ).ravel()
+        tag = bundle.exact_tag if exact else bundle.context_tag
+        return context.decode_context(payload, net, k, *shape, tag=tag, levels=bundle.context_levels).ravel()
     raise VqcFormatError(f"coding mode {mode.name} is not supported here")
 
 
 def best_mode(bundle: Bundle, k: int) -> CodingMode:
-    """Context coding when the bundle has a context model for K, else static range coding."""
-    net = bundle.recovery_model if bundle.m == 1 else None
-    return CodingMode.CONTEXT if net is not None and k in net.config.sizes else CodingMode.STATIC
+    """Exact (integer) context coding when the bundle has that model for K, else static range
+    coding. The float context model is never chosen by itself: its files may not decode on
+    another computer (``context``)."""
+    if bundle.m != 1 or not bundle.has_exact("masked"):
+        return CodingMode.STATIC
+    return CodingMode.EXACT if k in bundle.transformer("masked").config.sizes else CodingMode.STATIC
 
 
 def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0) -> bytes:
@@ -300,7 +310,7 @@ def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, pac
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
     if not packets:
         return container.pack(header, _code(enc.indices, bundle, k, mode))
-    if mode == CodingMode.CONTEXT:
+    if mode in (CodingMode.CONTEXT, CodingMode.EXACT):
         raise VqcUsageError("context coding needs the whole map: use --entropy static with --packets")
     _, hh, ww = enc.indices.shape
     n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
@@ -343,12 +353,13 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     """The K a byte budget may choose from: every K, but for forced context coding only those
     with a context model (the others cannot be coded that way at all)."""
     ks = bundle.codebook_sizes
-    if mode != CodingMode.CONTEXT:
+    if mode not in (CodingMode.CONTEXT, CodingMode.EXACT):
         return ks
-    net = bundle.recovery_model if bundle.m == 1 else None
+    exact = mode == CodingMode.EXACT
+    net = None if bundle.m != 1 else bundle.exact_transformer("masked") if exact else bundle.recovery_model
     usable = [k for k in ks if net is not None and k in net.config.sizes]
     if not usable:
-        _context_net(bundle, ks[0])  # raises the usual "no context model" usage error
+        _context_net(bundle, ks[0], exact)  # raises the usual "no context model" usage error
     return usable
 
 
@@ -480,7 +491,11 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     kind = recovery.TRANSFORMER.get(method)
     if kind == "masked" and bundle.has_transformer("fill"):
         kind = "fill"  # the recovery-only model, trained on packet-loss holes alone
-    return method, bundle.transformer(kind) if needed and kind else None, method
+    if not (needed and kind):
+        return method, None, method
+    # the integer-exact copy when shipped: the recovered index map is then the same on every computer
+    net = bundle.exact_transformer(kind) if bundle.has_exact(kind) else bundle.transformer(kind)
+    return method, net, method
 
 
 def decode_with_report(

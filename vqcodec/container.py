@@ -6,8 +6,8 @@ Layout (all integers little-endian; ``varint`` is unsigned LEB128, at most 3 byt
     0       3       magic  b"VQC"
     3       1       version (1)
     4       4       model id (uint32, from the bundle's manifest)
-    8       1       flags: bits 0-1 coding mode (0 static range coding, 1 context model,
-                    2 raw fixed-width); bits 2-7 reserved, must be 0
+    8       1       flags: bits 0-1 coding mode (0 static range coding, 1 float context model,
+                    2 raw fixed-width, 3 integer-exact context model); bits 2-7 reserved, must be 0
     9       varint  K, codebook size (2 .. 65536)
     .       1       m, indices per latent position (1 .. 16)
     .       varint  image width  (1 .. 65535)
@@ -42,6 +42,7 @@ class CodingMode(IntEnum):
     STATIC = 0  # range coding with the bundle's per-K index frequencies
     CONTEXT = 1  # range coding with the bundle's transformer context model (unpacketized only)
     RAW = 2  # fixed-width ceil(log2 K) bits per index
+    EXACT = 3  # range coding with the bundle's integer-exact context model: decodes on every computer
 
 
 @dataclass(frozen=True)

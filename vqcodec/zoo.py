@@ -50,6 +50,11 @@ TRANSFORMERS = {
     "ar": ("recovery_ar", RECOVERY_AR),
     "fill": ("recovery_fill", RECOVERY_FILL),
 }
+EXACT = {"masked": "recovery-int.safetensors", "fill": "recovery-fill-int.safetensors"}
+"""kind -> file of the integer-exact copy of a bidirectional transformer (``nets/int_transformer``):
+the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
+computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
+whenever those are (``save_recovery``), listed in the manifest's ``files``; not in the model id."""
 BUNDLE_FORMAT = 1
 
 
@@ -104,6 +109,36 @@ class Bundle:
                 raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
             self._transformers[kind] = net.eval().requires_grad_(False)
         return self._transformers.get(kind)
+
+    def has_exact(self, kind: str) -> bool:
+        """Whether the bundle ships the integer-exact copy of transformer ``kind`` (masked or fill)."""
+        return kind in EXACT and EXACT[kind] in self.manifest.get("files", {}) and self.has_transformer(kind)
+
+    def exact_transformer(self, kind: str):
+        """The integer-exact ``IntTransformer`` of ``kind``, loaded once; None if not shipped."""
+        key = "exact:" + kind
+        if key not in self._transformers and self.has_exact(kind):
+            from safetensors.torch import load_file
+
+            from vqcodec.nets.int_transformer import IntTransformer
+            from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+
+            fname = EXACT[kind]
+            try:
+                cfg = TransformerConfig.from_dict(self.manifest[TRANSFORMERS[kind][0]]["config"])
+                _checked_build(self.path, IndexTransformer, cfg)  # bounds the config's size
+                net = IntTransformer(cfg, load_file(_verified(self.path, self.manifest, fname)))
+            except VqcModelError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
+                raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
+            self._transformers[key] = net
+        return self._transformers.get(key)
+
+    @property
+    def exact_tag(self) -> int:
+        """16 bits of the integer context model's sha256 (as ``context_tag``, for coding mode exact)."""
+        return int(self.manifest["files"][EXACT["masked"]][:4], 16)
 
     @property
     def recovery_model(self):
@@ -420,6 +455,31 @@ def copy_transformers(src: Bundle, folder: Path) -> dict:
             shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
             manifest["files"][fname] = sha256_file(folder / fname)
             manifest[key] = src.manifest[key]
+    for fname in EXACT.values():
+        if fname in src.manifest["files"]:
+            shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
+            manifest["files"][fname] = sha256_file(folder / fname)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def save_exact(folder: Path, net, kind: str = "masked") -> dict:
+    """Write the integer-exact copy of the bundle's (fp16-stored) transformer ``net`` (masked or
+    fill) and list it in the manifest. Exported from the fp16-rounded weights, the ones the float
+    path loads, so both paths start from the same numbers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vqcodec.nets.int_transformer import export
+    from vqcodec.nets.transformer import IndexTransformer
+
+    folder = find_bundle(folder)
+    manifest = _read_manifest(folder)
+    rounded = IndexTransformer(net.config)
+    rounded.load_state_dict({k: v.detach().to(torch.float16).float() for k, v in net.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in export(rounded.eval()).items()}, str(folder / EXACT[kind]))
+    _readable(folder / EXACT[kind])
+    manifest["files"][EXACT[kind]] = sha256_file(folder / EXACT[kind])
     write_manifest(folder, manifest)
     return manifest
 
@@ -434,5 +494,10 @@ def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict
     save_fp16(net.state_dict(), folder / fname)
     manifest["files"][fname] = sha256_file(folder / fname)
     manifest[key] = {"config": net.config.to_dict(), **record}
+    stale = EXACT.get(kind)
+    if stale:  # replaced below; never left describing the previous weights
+        manifest["files"].pop(stale, None)
     write_manifest(folder, manifest)
+    if kind in EXACT and not net.config.causal:
+        manifest = save_exact(folder, net, kind)
     return manifest

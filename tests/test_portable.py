@@ -1,0 +1,261 @@
+"""Files decode to the same index maps on every computer: golden files, the numpy reference of the
+integer context model, and decodes in fresh processes under limited instruction sets.
+
+The golden files in ``tests/expected/portable/`` were made once with the shipped default model
+(``GENERATE_EXPECTED=1 python -m pytest tests/test_portable.py`` remakes them, from Kodak crops in
+``../shared``); every run, on whatever CPU CI lands on, decodes them and must find the same index
+maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
+bf16) and its rounding may differ between machines; only the index map is promised bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqcodec import codec, container, corrupt, zoo
+from vqcodec.container import CodingMode
+from vqcodec.context import _groups_in_order
+from vqcodec.errors import VqcFormatError
+from vqcodec.nets import int_transformer as it
+
+from .conftest import REPO, SHARED, make_image
+from .int_reference import Reference
+
+GOLDEN = REPO / "tests" / "expected" / "portable"
+PHOTOS = ("kodim01", "kodim05", "kodim13", "kodim23")
+CROP = (400, 280)  # a 25 x 18 index map: tiles cut on both axes
+THUMB = 4  # decoded pictures are kept at 1/4 size
+MIN_PSNR = 30.0
+"""Tolerance of a golden file's decoded thumbnail: the float image decoder's rounding (measured
+between fp32 kernels here: docs/architecture.md, "Portable files"); index maps must be exact."""
+PORTABILITY = REPO / "benchmarks" / "portability.py"
+
+
+def map_hash(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<u2").tobytes()).hexdigest()[:16]
+
+
+def _thumb(pixels: np.ndarray) -> np.ndarray:
+    h, w = pixels.shape[0] // THUMB * THUMB, pixels.shape[1] // THUMB * THUMB
+    p = pixels[:h, :w].astype(np.float64).reshape(h // THUMB, THUMB, w // THUMB, THUMB, 3)
+    return np.rint(p.mean((1, 3))).astype(np.uint8)
+
+
+def _decode_map(data: bytes):
+    if container.is_packetized(data[:4]):
+        return codec.unpack_packets(data)[0]
+    return codec.unpack(data)[0]
+
+
+def _generate() -> None:
+    """(Re)make the golden files from Kodak crops with the default bundle."""
+    bundle = zoo.load_model(None)
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    for n, photo in enumerate(PHOTOS):
+        img = np.asarray(Image.open(SHARED / "datasets" / "kodak" / f"{photo}.png").convert("RGB"))
+        y0, x0 = (img.shape[0] - CROP[1]) // 2, (img.shape[1] - CROP[0]) // 2
+        crop = np.ascontiguousarray(img[y0 : y0 + CROP[1], x0 : x0 + CROP[0]])
+        jobs = [(k, CodingMode.EXACT, 0, None) for k in (8, 64, 1024)]
+        jobs += [((64, 1024, 8, 64)[n], CodingMode.STATIC, 16, n)]  # packetized, 30 % of the packets lost
+        if n == 0:
+            jobs.append((64, CodingMode.CONTEXT, 0, None))  # a float-context (legacy mode) file
+        for k, mode, packets, seed in jobs:
+            data = codec.pack(codec.analyze(crop, bundle, k), bundle, mode, packets)
+            if seed is not None:
+                data = corrupt.corrupt(data, loss=0.3, seed=seed)[0]
+            name = f"{photo}-k{k}-{mode.name.lower()}{'-lossy' if seed is not None else ''}.vqc"
+            (GOLDEN / name).write_bytes(data)
+            enc = _decode_map(data)
+            pixels = codec.synthesize(enc, bundle)
+            Image.fromarray(_thumb(pixels)).save(GOLDEN / name.replace(".vqc", ".thumb.png"))
+            np.save(GOLDEN / name.replace(".vqc", ".map.npy"), enc.indices.astype(np.uint16))
+            expected[name] = {
+                "map": map_hash(enc.indices),
+                "k": k,
+                "mode": mode.name.lower(),
+                "lossy": seed is not None,
+            }
+    (GOLDEN / "expected.json").write_text(
+        json.dumps({"model": bundle.manifest["model_id"], "files": expected}, indent=1)
+    )
+
+
+if os.environ.get("GENERATE_EXPECTED") == "1":
+    _generate()
+
+EXPECTED = json.loads((GOLDEN / "expected.json").read_text())["files"]
+EXACT_FILES = sorted(n for n, e in EXPECTED.items() if e["mode"] != "context")
+
+
+@pytest.mark.parametrize("name", EXACT_FILES)
+def test_golden_file_decodes_to_its_index_map(name):
+    """Exact context coding and packet-loss recovery: the same index map as when the file was made."""
+    data = (GOLDEN / name).read_bytes()
+    enc = _decode_map(data)
+    want = np.load(GOLDEN / name.replace(".vqc", ".map.npy")).astype(np.int64)
+    assert np.array_equal(enc.indices, want), f"{(enc.indices != want).sum()} indices differ"
+    assert map_hash(enc.indices) == EXPECTED[name]["map"]
+    if not EXPECTED[name]["lossy"]:
+        assert container.read_header(data).mode == CodingMode.EXACT
+    pixels = codec.synthesize(enc, zoo.load_model(None))
+    ref = np.asarray(Image.open(GOLDEN / name.replace(".vqc", ".thumb.png"))).astype(np.float64)
+    mse = ((_thumb(pixels).astype(np.float64) - ref) ** 2).mean()
+    assert mse == 0 or 10 * np.log10(255**2 / mse) >= MIN_PSNR
+
+
+def test_legacy_float_context_file_decodes_or_refuses_cleanly():
+    """A file of the float context model (mode 1) still decodes here; on a CPU whose float logits
+    differ it fails the map checksum with a one-line error, never a wrong picture."""
+    (name,) = [n for n, e in EXPECTED.items() if e["mode"] == "context"]
+    data = (GOLDEN / name).read_bytes()
+    assert container.read_header(data).mode == CodingMode.CONTEXT
+    try:
+        enc = codec.unpack(data)[0]
+    except VqcFormatError as e:
+        assert "checksum" in str(e) or "context" in str(e)
+        return
+    assert map_hash(enc.indices) == EXPECTED[name]["map"]
+
+
+def _tensors(bundle):
+    from safetensors.numpy import load_file
+
+    return load_file(bundle.path / zoo.EXACT["masked"])
+
+
+@pytest.mark.parametrize("name", ["kodim05-k64-exact.vqc", "kodim23-k1024-exact.vqc"])
+def test_numpy_reference_gives_the_same_frequencies(name):
+    """The spec's arithmetic, reimplemented in numpy int64 (tests/int_reference.py), gives the
+    frequencies of every context group of a real index map exactly as the production path."""
+    bundle = zoo.load_model(None)
+    net = bundle.exact_transformer("masked")
+    cfg = net.config
+    ref = Reference(_tensors(bundle), cfg.sizes, cfg.dim, cfg.depth, cfg.heads, cfg.local)
+    k = EXPECTED[name]["k"]
+    plane = np.load(GOLDEN / name.replace(".vqc", ".map.npy")).astype(np.int64)[0]
+    h, w = plane.shape
+    visible = np.zeros((h, w), bool)
+    idx = torch.from_numpy(plane)
+    for sel in _groups_in_order(h, w, bundle.context_levels):
+        want = ref.frequencies(ref.map_logits(plane, ~visible, k)[sel])
+        full = net.tiled(idx, torch.from_numpy(~visible), k)[torch.from_numpy(sel)]
+        fast = net.coding_logits(idx, torch.from_numpy(~visible), k, torch.from_numpy(sel), (0, h))
+        assert torch.equal(full, fast)
+        got = net.frequencies(fast).numpy()
+        assert np.array_equal(got, want)
+        visible |= sel
+
+
+def _run(env: dict[str, str], role: str, payload) -> dict[str, str]:
+    proc = subprocess.run([sys.executable, str(PORTABILITY), f"--{role}"], input=json.dumps(payload),
+                          env={**os.environ, **env}, capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+ENVS = {
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "dnnl-sse41": {"DNNL_MAX_CPU_ISA": "SSE41"},
+    "dnnl-avx2": {"DNNL_MAX_CPU_ISA": "AVX2"},
+    "mkl-avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "fp32": {"VQC_FP32": "1"},
+    "threads-1": {"VQC_THREADS": "1"},
+    "threads-2": {"VQC_THREADS": "2"},
+}
+
+
+@pytest.mark.parametrize("env", ENVS, ids=list(ENVS))
+def test_golden_files_decode_alike_in_a_fresh_process(env):
+    """Instruction sets and thread counts are fixed when torch loads, so each runs in its own process."""
+    files = [
+        n
+        for n in EXACT_FILES
+        if n.startswith(("kodim01", "kodim23")) and (EXPECTED[n]["k"] == 64 or EXPECTED[n]["lossy"])
+    ]
+    got = _run(ENVS[env], "worker", [str(GOLDEN / n) for n in files])
+    assert {n: got[str(GOLDEN / n)] for n in files} == {n: EXPECTED[n]["map"] for n in files}
+
+
+def test_encoded_under_limited_instruction_sets_decodes_with_the_full_ones(tmp_path):
+    img = tmp_path / "im.png"
+    Image.fromarray(make_image(112, 176, seed=3)).save(img)
+    jobs = [[str(img), 64, "EXACT", str(tmp_path / "a.vqc"), 0, None],
+            [str(img), 1024, "EXACT", str(tmp_path / "b.vqc"), 0, None],
+            [str(img), 64, "STATIC", str(tmp_path / "c.vqc"), 8, 2]]  # fmt: skip
+    limited = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "VQC_THREADS": "1"}
+    made = _run(limited, "encoder", jobs)
+    recovered = _run(limited, "worker", [str(tmp_path / "c.vqc")])
+    for f, h in {**made, **recovered}.items():
+        if h != "lossy":
+            assert map_hash(_decode_map(open(f, "rb").read()).indices) == h
+
+
+# -- the integer arithmetic itself ----------------------------------------------------------------
+
+
+def test_isqrt_and_rounded_division_are_exact():
+    rng = np.random.default_rng(0)
+    v = torch.from_numpy(np.concatenate([rng.integers(0, 1 << 62, 5000), np.arange(0, 5000),
+                                         (np.arange(1, 3000, dtype=np.int64) ** 2) - 1, [(1 << 31) ** 2 - 1]]))  # fmt: skip
+    r = it.isqrt(v)
+    assert bool(((r * r <= v) & ((r + 1) * (r + 1) > v)).all())
+    a = torch.from_numpy(rng.integers(-(1 << 49), 1 << 49, 20000))
+    b = torch.from_numpy(rng.integers(1, 1 << 30, 20000))
+    b[:100] = 1
+    a[100:200] = b[100:200] * 7 + b[100:200] // 2  # exact halves
+    got = it.fdiv_round(a.double(), b.double()).long()
+    assert torch.equal(got, it.rdiv(a, b))
+
+
+def test_integer_model_follows_the_float_one():
+    """The exported integer network's logits track the float network's (tiny random model)."""
+    from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(sizes=(8, 64), dim=32, depth=2, heads=4, local=1)
+    net = IndexTransformer(cfg).eval()
+    exact = it.IntTransformer(cfg, it.export(net))
+    idx = torch.randint(0, 64, (3, 16, 16))
+    mask = torch.rand(3, 16, 16) < 0.4
+    with torch.inference_mode():
+        want = net(idx, mask, 64).double()
+    got = exact(idx, mask, 64) / 2**it.ACT_BITS
+    assert (got - want).abs().max() < 0.02
+    assert exact.frequencies(exact(idx, mask, 64)).min() >= 1
+
+
+def test_stored_tables_are_the_documented_functions():
+    t = _tensors(zoo.load_model(None))
+    for name, table in it.tables().items():
+        assert np.array_equal(t[name], table.numpy())
+
+
+def test_damaged_integer_model_is_refused(tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vqcodec.errors import VqcModelError
+
+    src = zoo.load_model(None)
+    d = tmp_path / "b"
+    shutil.copytree(src.path, d)
+    tensors = dict(_tensors(src))
+    tensors["layers.0.ff1.w"] = tensors["layers.0.ff1.w"].astype(np.int32) * 4  # beyond int16
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(d / zoo.EXACT["masked"]))
+    man = json.loads((d / "manifest.json").read_text())
+    man["files"][zoo.EXACT["masked"]] = zoo.sha256_file(d / zoo.EXACT["masked"])
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(VqcModelError, match="out of range"):
+        zoo.load_model(d).exact_transformer("masked")
