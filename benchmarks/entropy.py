@@ -4,8 +4,8 @@
     python benchmarks/entropy.py --ks 64 --limit 4
 
 "uniform" is log2(K) bits per index (the paper's code, `--entropy raw` up to byte padding);
-"static" and "context" are the real file payloads (context only when the bundle has a context
-model). Encode/decode seconds cover entropy coding only (the index map is computed once).
+"static", "context" (the float context model) and "exact" (the integer-exact one, the default) are
+the real file payloads (the context modes only when the bundle has those models). Encode/decode seconds cover entropy coding only (the index map is computed once).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if "recovery" in bundle.manifest:
         print(f"context model: {bundle.context_levels}-level lattice order")
     modes = [CodingMode.STATIC] + ([CodingMode.CONTEXT] if bundle.recovery_model is not None else [])
+    modes += [CodingMode.EXACT] if bundle.has_exact("masked") else []
     images = [load_image(p).pixels for p in sorted(args.data.glob("*.png"))[: args.limit or None]]
     print("| K | uniform bits/index | " + " | ".join(f"{m.name.lower()} bits/index | {m.name.lower()} bpp | "
           f"saving vs uniform | enc s | dec s" for m in modes) + " |")  # fmt: skip

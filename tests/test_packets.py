@@ -151,3 +151,77 @@ def test_cli_packets_corrupt_info_decode(models_env, tmp_path, capsys):
     assert Image.open(tmp_path / "l.png").size == (96, 64)
     assert main(["encode", str(tmp_path / "a.png"), "--packets", "0", "--model", str(models_env)]) == 2
     assert main(["decode", str(tmp_path / "l.vqc"), "--recover", "magic"]) == 2
+
+
+# -- parity packets (format version 3) -------------------------------------------------------------
+
+
+def _spans_dropped(data: bytes, drop: set[int]) -> bytes:
+    spans = container.packet_spans(data)
+    return data[: spans[0][0]] + b"".join(data[a:b] for i, (a, b) in enumerate(spans) if i not in drop)
+
+
+def test_parity_rebuilds_any_r_lost_packets_exactly():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    payloads = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(8)]
+    data = container.pack_packets(H2, payloads, parity=3)
+    assert data[3] == container.PARITY_VERSION and container.is_packetized(data)
+    for drop in itertools.combinations(range(11), 3):  # every way to lose 3 of the 8 + 3
+        scan = container.scan_packets(_spans_dropped(data, set(drop)))
+        assert [scan.payloads[i] for i in range(8)] == payloads, drop
+        assert set(scan.rebuilt) == {d for d in drop if d < 8}
+    scan = container.scan_packets(_spans_dropped(data, {0, 1, 2, 3}))  # one more than R: no rebuild
+    assert scan.lost == [0, 1, 2, 3] and not scan.rebuilt and not scan.parity_mismatch
+    assert all(scan.payloads[i] == payloads[i] for i in scan.payloads)
+
+
+def test_parity_that_disagrees_with_the_data_rebuilds_nothing():
+    import binascii
+    import struct
+
+    payloads = [bytes([i]) * (5 + i) for i in range(6)]
+    data = bytearray(container.pack_packets(H2, payloads, parity=2))
+    a, b = container.packet_spans(bytes(data))[6]  # the first parity packet: change it, fix its CRC
+    data[a + 3] ^= 0x5A
+    data[b - 2 : b] = struct.pack("<H", binascii.crc_hqx(bytes(data[a : b - 2]), 0xFFFF))
+    spans = container.packet_spans(bytes(data))
+    lossy = bytes(data[: spans[0][0]]) + b"".join(bytes(data[x:y]) for i, (x, y) in enumerate(spans) if i not in (1, 7))
+    scan = container.scan_packets(lossy)
+    assert scan.parity_mismatch and 1 in scan.lost and not scan.rebuilt
+
+
+def test_parity_counts_are_bounded():
+    with pytest.raises(VqcUsageError, match="0..63"):
+        container.pack_packets(H2, [b"x"] * 4, parity=64)
+    with pytest.raises(VqcUsageError, match="exceed 255"):
+        container.pack_packets(H2, [b"x"] * 250, parity=10)
+
+
+def test_parity_file_decodes_identically_after_r_losses(tiny):
+    img = make_image(96, 128, seed=5)
+    enc = codec.analyze(img, tiny, 16)
+    data = codec.pack(enc, tiny, packets=8, parity=2)
+    for seed in range(6):
+        lossy, rep = corrupt.corrupt(data, loss=0.2, seed=seed)
+        got, _, report = codec.unpack_packets(lossy, tiny)
+        if len(rep.dropped) <= 2:
+            assert np.array_equal(got.indices, enc.indices) and report.intact
+        assert report.parity == 2
+    with pytest.raises(VqcUsageError, match="--packets"):
+        codec.pack(enc, tiny, parity=2)
+
+
+def test_cli_parity_round_trip_and_info(models_env, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(make_image(64, 96)).save(tmp_path / "a.png")
+    args = ["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.vqc"), "-k", "16", "--model", str(models_env)]
+    assert main([*args, "--packets", "8", "--parity", "2", "-q"]) == 0
+    assert main([*args, "--parity", "2"]) == 2  # parity without packets
+    assert main([*args, "--packets", "8", "--parity", "99"]) == 2
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.vqc")]) == 0
+    assert "2 declared, 2 present" in capsys.readouterr().out

@@ -233,7 +233,8 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     bf = zoo.load_model(bundle_dir)
     assert bf.manifest["recovery_fill"]["steps"] == 4 and "context_levels" not in bf.manifest["recovery_fill"]
     assert bf.transformer("fill").config == bf.recovery_model.config
-    assert codec._recovery_choice(bf, "masked", True)[1] is bf.transformer("fill")
+    # the integer-exact copy of the fill model (written by --export): recovered maps portable
+    assert bf.has_exact("fill") and codec._recovery_choice(bf, "masked", True)[1] is bf.exact_transformer("fill")
     assert codec._recovery_choice(bf, "ar", True)[1] is bf.ar_model
     assert codec.pack(codec.analyze(make_image(96, 128), bf, 16), bf, mode=codec.CodingMode.CONTEXT) == ctx
     enc_fill, _, _ = codec.unpack_packets(lossy, bf, method="masked")
@@ -282,7 +283,7 @@ def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_pat
         back, _ = codec.unpack(a, b)
     finally:
         torch.set_num_threads(old)
-    assert a == c and codec.info(a).header.mode == CodingMode.CONTEXT
+    assert a == c and codec.info(a).header.mode == CodingMode.EXACT  # the default: integer-exact
     assert np.array_equal(back.indices, enc.indices)
     payload = context.encode_context(enc.indices, b.recovery_model, 32, tag=0x1234)
     assert np.array_equal(context.decode_context(payload, b.recovery_model, 32, 1, *enc.indices.shape[1:], tag=0x1234),

@@ -55,6 +55,7 @@ def encode(
     entropy: str = "auto",
     max_pixels: int = MAX_PIXELS,
     max_bytes: int | None = None,
+    device: str = "auto",
 ) -> bytes:
     """Compress an image to the bytes of a .vqc file.
 
@@ -62,8 +63,10 @@ def encode(
         image: a PIL image, an (H, W, 3) / (H, W) uint8 array, or a path to an image file.
         codebook: codebook size K, the rate knob (8 ... 1024 for the default model); default 64.
         model: a loaded ``Bundle``, a bundle name or folder; default: the shipped default.
-        entropy: "auto" (context model when the bundle has one, else static), "static",
-            "context" or "raw" (fixed-width indices, the paper's uncoded baseline).
+        entropy: "auto" (the integer-exact context model when the bundle has one, else static),
+            "exact", "static", "context" (the float context model of older files: may not decode
+            on another CPU) or "raw" (fixed-width indices, the paper's uncoded baseline).
+        device: where the networks run: "auto" (CUDA when present), "cpu" or "cuda".
         max_pixels: refuse images with more pixels than this.
         max_bytes: instead of ``codebook``, the best quality that fits: the largest K whose
             whole file is at most this many bytes (``vqcodec.info(data).header.codebook_size``
@@ -74,9 +77,10 @@ def encode(
     if max_bytes is not None:
         if codebook is not None:
             raise VqcUsageError("give either codebook or max_bytes, not both: max_bytes chooses the codebook size")
-        return codec.encode_within(as_pixels(image, max_pixels), max_bytes, _model(model), mode, max_pixels)
+        return codec.encode_within(as_pixels(image, max_pixels), max_bytes, _model(model), mode, max_pixels,
+                                   device=device)  # fmt: skip
     k = DEFAULT_CODEBOOK if codebook is None else codebook
-    return codec.encode(as_pixels(image, max_pixels), k, _model(model), mode, max_pixels)
+    return codec.encode(as_pixels(image, max_pixels), k, _model(model), mode, max_pixels, device)
 
 
 def coding_mode(entropy: str) -> CodingMode | None:
@@ -91,10 +95,12 @@ def coding_mode(entropy: str) -> CodingMode | None:
 
 
 def decode(
-    data: bytes, model: Bundle | str | os.PathLike | None = None, *, max_pixels: int = MAX_PIXELS
-) -> Image.Image:
-    """Decompress .vqc bytes to an RGB PIL image (the model is found from the file's id)."""
-    return Image.fromarray(codec.decode(bytes(data), _model(model), max_pixels), "RGB")
+    data: bytes, model: Bundle | str | os.PathLike | None = None, *, max_pixels: int = MAX_PIXELS,
+    device: str = "auto",
+) -> Image.Image:  # fmt: skip
+    """Decompress .vqc bytes to an RGB PIL image (the model is found from the file's id);
+    ``device`` as in ``encode``."""
+    return Image.fromarray(codec.decode(bytes(data), _model(model), max_pixels, device=device), "RGB")
 
 
 def decode_array(

@@ -202,6 +202,14 @@ def encode(
     packets: Annotated[
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
     ] = None,
+    parity: Annotated[
+        int,
+        typer.Option("--parity", help="with --packets: R erasure-coded parity packets (any N of the N + R "
+                     "packets rebuild the file exactly); 0..63"),
+    ] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="where the networks run: auto (CUDA when present) | cpu | cuda[:N]")
+    ] = "auto",
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
@@ -220,6 +228,9 @@ def encode(
             raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
         if max_bytes < 1:
             raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {max_bytes}")
+    from vqcodec import device as devices
+
+    dev = devices.resolve(device)
     files, batch = _expand(inputs, IMAGE_SUFFIXES)
     plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
@@ -227,6 +238,9 @@ def encode(
 
     forced = coding_mode(entropy_coder)
     n_packets, packet_bytes = _parse_packets(packets)
+    if parity and not (n_packets or packet_bytes):
+        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
+    container.check_parity(n_packets, parity)
     if max_bytes is None:
         bundle.codebook(codebook)  # fail early on an unavailable K
     else:
@@ -239,9 +253,13 @@ def encode(
         if packet_bytes:
             payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload
             n = interleave.packets_for_bytes(packet_bytes - container.PACKET_OVERHEAD, payload)
-        return codec.pack(enc, bundle, mode, n)
+        return codec.pack(enc, bundle, mode, n, parity)
 
     def work(job: Job) -> Result:
+        with devices.using(dev):  # per job: batch jobs run in pool threads, which start on the CPU
+            return encode_one(job)
+
+    def encode_one(job: Job) -> Result:
         try:
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
@@ -296,6 +314,9 @@ def decode(
         str,
         typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | ar | masked | masked-index"),
     ] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="where the networks run: auto (CUDA when present) | cpu | cuda[:N]")
+    ] = "auto",
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="parallel files in batch mode")] = 1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
@@ -307,19 +328,21 @@ def decode(
     from PIL import Image
 
     from vqcodec import codec, imageio, recovery
+    from vqcodec import device as devices
 
     if recover != "auto" and recover not in recovery.METHODS:
         raise VqcUsageError(f"unknown recovery method {recover!r}; choose one of auto, {', '.join(recovery.METHODS)}")
     suffix = "." + fmt.lower().lstrip(".")
     if Image.registered_extensions().get(suffix) is None:
         raise VqcUsageError(f"unknown image format {fmt!r}")
+    dev = devices.resolve(device)
     files, batch = _expand(inputs, {".vqc"})
     plan = _plan(files, batch, output, suffix)
 
     def work(job: Job) -> Result:
         try:
             data = _read(job.src) if job.src is not None else sys.stdin.buffer.read()
-            pixels, report = codec.decode_with_report(data, model, max_pixels, recover)
+            pixels, report = codec.decode_with_report(data, model, max_pixels, recover, dev)
             if job.dst is None:
                 buf = io.BytesIO()
                 Image.fromarray(pixels).save(buf, format=Image.registered_extensions()[suffix])
@@ -375,10 +398,15 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
     if fi.packets is not None:
         p = fi.packets
         rows += [
-            ("packets", f"{p.packets} declared, {len(p.payloads)} present, {len(p.lost)} lost"),
+            ("packets", f"{p.packets} declared, {p.data_arrived} present, {p.packets - p.data_arrived} lost"),
             ("damaged", f"{p.damaged} regions failed their checksum, {p.duplicates} duplicates"),
             ("header copies", f"{p.header_copies_ok}/3 intact"),
         ]
+        if p.parity:
+            rebuilt = f", {len(p.rebuilt)} lost data packets rebuilt exactly" if p.rebuilt else ""
+            bad = ", parity disagrees with the data" if p.parity_mismatch else ""
+            left = f", {len(p.lost)} still lost (predicted on decode)" if p.lost else ""
+            rows.append(("parity", f"{p.parity} declared, {p.parity_arrived} present{rebuilt}{left}{bad}"))
     for k, v in rows:
         out.print(f"{k:16s} {v}", highlight=False)
 

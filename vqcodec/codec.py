@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vqcodec import container, entropy, interleave, recovery
+from vqcodec import device as devices
 from vqcodec.container import CodingMode, Header
 from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
 from vqcodec.fileinfo import FileInfo as FileInfo  # re-exported: FileInfo and info lived here
@@ -94,6 +95,10 @@ class LossReport:
     missing_positions: int = 0
     positions: int = 0
     method: str = ""
+    parity: int = 0  # parity packets declared
+    parity_arrived: int = 0
+    rebuilt: tuple[int, ...] = ()  # data packets rebuilt from parity
+    parity_mismatch: bool = False
 
     @property
     def intact(self) -> bool:
@@ -103,7 +108,14 @@ class LossReport:
         if not self.packets:
             return "not packetized"
         lost = len(self.lost_packets)
-        s = f"{self.packets - lost}/{self.packets} packets received, {lost} lost"
+        arrived = self.packets - lost - len(self.rebuilt)
+        s = f"{arrived}/{self.packets} packets received, {lost + len(self.rebuilt)} lost"
+        if self.parity:
+            s += f"; {self.parity_arrived}/{self.parity} parity packets received"
+            if self.rebuilt:
+                s += f", {len(self.rebuilt)} lost packets rebuilt exactly"
+            if self.parity_mismatch:
+                s += ", parity disagreed with the data (not used)"
         if self.damaged_regions:
             s += f" ({self.damaged_regions} damaged regions dropped)"
         if self.missing_positions:
@@ -134,6 +146,22 @@ class Latent:
     padded_size: tuple[int, int]  # (width, height) after padding to the stride
 
 
+def _on_device(bundle: Bundle, dev: torch.device, run: Callable | None = None):
+    """The bundle's autoencoder moved to ``dev`` (in place: the bundle is cached per process); with
+    ``run``, the float32 CPU result of ``run(model)`` there, whole-image (a GPU has the memory; the
+    tile-by-tile path is for CPUs), and a GPU out of memory as a one-line error."""
+    model = bundle.model
+    if next(model.parameters()).device != dev:
+        model.to(dev)
+    if run is None:
+        return model
+    try:
+        return run(model).float().cpu()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise VqcImageError(f"the image does not fit in the memory of {dev}: use --device cpu") from None
+
+
 @torch.inference_mode()
 def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
     """(H, W, 3) uint8 -> the encoder's latent of the image padded to the stride."""
@@ -142,8 +170,11 @@ def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
     h, w = pixels.shape[:2]
     _check_whole(bundle, w, h, VqcImageError)
     padded = pad_to_multiple(pixels, bundle.stride)
-    model = bundle.model
     ph, pw = padded.shape[:2]
+    dev = devices.current()
+    if dev.type != "cpu":
+        return Latent(_on_device(bundle, dev, lambda m: m.encode_latent(_to_tensor(padded).to(dev))), (w, h), (pw, ph))
+    model = _on_device(bundle, dev)
     with model.autocast():
         if streams(bundle, pw, ph):
             from vqcodec.nets import streamed
@@ -223,7 +254,10 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
         z[0][:, torch.from_numpy(mask)] = torch.from_numpy(vectors).to(z).t()
     w, h = enc.image_size
     _check_whole(bundle, w, h, VqcFormatError)
-    model = bundle.model
+    dev = devices.current()
+    if dev.type != "cpu":
+        return _to_pixels(_on_device(bundle, dev, lambda m: m.decode_latent(z.to(dev))))[:h, :w]
+    model = _on_device(bundle, dev)
     z = z.contiguous(memory_format=model.memory_format)
     pw, ph = z.shape[3] * bundle.stride, z.shape[2] * bundle.stride
     with model.autocast():
@@ -243,6 +277,8 @@ def _context_net(bundle: Bundle, k: int, exact: bool = False):
             f"context coding models m = 1 index maps; model {bundle.name!r} has m = {bundle.m}: use --entropy static"
         )
     net = bundle.exact_transformer("masked") if exact else bundle.recovery_model
+    if exact and net is not None:
+        net.to(devices.current())
     if net is None or k not in net.config.sizes:
         what = "integer-exact context model" if exact else "context model"
         raise VqcUsageError(f"model {bundle.name!r} has no {what} for K={k} (train one: vqc train-recovery)")
@@ -299,12 +335,17 @@ def best_mode(bundle: Bundle, k: int) -> CodingMode:
     return CodingMode.EXACT if k in bundle.transformer("masked").config.sizes else CodingMode.STATIC
 
 
-def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0) -> bytes:
+def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0,
+         parity: int = 0) -> bytes:  # fmt: skip
     """Entropy-code an index map and wrap it in a .vqc container.
 
     ``packets`` > 0 writes a packetized (version 2) file: the positions are interleaved over that
     many independently decodable packets (capped at the number of positions and at 255).
+    ``parity`` > 0 adds that many erasure-coded parity packets (version 3): any ``packets`` of the
+    packets + parity rebuild the file exactly.
     """
+    if parity and not packets:
+        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
     k = enc.codebook_size
     w, h = enc.image_size
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
@@ -316,7 +357,9 @@ def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, pac
     n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
     assign = interleave.assignment(hh, ww, n)
     payloads = [_code(enc.indices[:, assign == p], bundle, k, mode) for p in range(n)]
-    return container.pack_packets(Header(enc.model_id, k, header.m, w, h, mode, container.PACKET_VERSION), payloads)
+    container.check_parity(n, parity)
+    version = container.PARITY_VERSION if parity else container.PACKET_VERSION
+    return container.pack_packets(Header(enc.model_id, k, header.m, w, h, mode, version), payloads, parity)
 
 
 def encode(
@@ -325,8 +368,10 @@ def encode(
     model: Bundle | str | None = None,
     mode: CodingMode | None = None,
     max_pixels: int = MAX_PIXELS,
+    device: str | None = None,
 ) -> bytes:
-    """Compress an (H, W, 3) uint8 RGB image to .vqc bytes.
+    """Compress an (H, W, 3) uint8 RGB image to .vqc bytes. ``device``: where the networks run
+    (``vqcodec.device``: auto, cpu, cuda; None = the enclosing ``device.using`` block, else the CPU).
 
     >>> import numpy as np
     >>> encode(np.zeros((40, 56, 3), np.uint8), codebook_size=64)[:3]
@@ -335,7 +380,18 @@ def encode(
     bundle = model if isinstance(model, Bundle) else load_model(model)
     check_size(pixels.shape[1], pixels.shape[0], max_pixels)
     mode = best_mode(bundle, codebook_size) if mode is None else mode
-    return pack(analyze(pixels, bundle, codebook_size), bundle, mode)
+    with _maybe_using(device):
+        return pack(analyze(pixels, bundle, codebook_size), bundle, mode)
+
+
+@contextmanager
+def _maybe_using(device: str | None) -> Iterator[None]:
+    """``device.using(device)``, or nothing when ``device`` is None (keep the caller's choice)."""
+    if device is None:
+        yield
+        return
+    with devices.using(device):
+        yield
 
 
 def check_budget(max_bytes: int) -> int:
@@ -378,6 +434,7 @@ def encode_within(
     mode: CodingMode | None = None,
     max_pixels: int = MAX_PIXELS,
     packets: int = 0,
+    device: str | None = None,
 ) -> bytes:
     """Compress with the largest K whose whole .vqc file is at most ``max_bytes`` (``fit``).
 
@@ -393,7 +450,8 @@ def encode_within(
     def pack_fn(enc: Encoded) -> bytes:
         return pack(enc, bundle, mode_for(bundle, enc.codebook_size, mode, packets > 0), packets)
 
-    return fit(encode_latent(pixels, bundle), bundle, max_bytes, pack_fn, sizes)[0]
+    with _maybe_using(device):
+        return fit(encode_latent(pixels, bundle), bundle, max_bytes, pack_fn, sizes)[0]
 
 
 def unpack(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[Encoded, Bundle]:
@@ -468,7 +526,8 @@ def unpack_packets(
                                       method, q.plane_cosine, net, k)  # fmt: skip
     holes = None if soft is None else (missing, soft[torch.from_numpy(missing)].numpy())
     lost = tuple(sorted(set(scan.lost) | set(undecodable)))
-    report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label)
+    report = LossReport(n, lost, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label, scan.parity,
+                        scan.parity_arrived, scan.rebuilt, scan.parity_mismatch)  # fmt: skip
     enc = Encoded(idx, (header.width, header.height), (ww * bundle.stride, hh * bundle.stride), k, header.model_id,
                   holes)  # fmt: skip
     return enc, bundle, report
@@ -494,29 +553,39 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     if not (needed and kind):
         return method, None, method
     # the integer-exact copy when shipped: the recovered index map is then the same on every computer
-    net = bundle.exact_transformer(kind) if bundle.has_exact(kind) else bundle.transformer(kind)
+    net = bundle.exact_transformer(kind).to(devices.current()) if bundle.has_exact(kind) else bundle.transformer(kind)
     return method, net, method
 
 
 def decode_with_report(
-    data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
+    data: bytes,
+    model: Bundle | str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    method: str = recovery.DEFAULT,
+    device: str | None = None,
 ) -> tuple[np.ndarray, LossReport]:
     """Decode any .vqc file; for packetized ones also say what was lost and recovered."""
     if method != "auto" and method not in recovery.METHODS:
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(recovery.METHODS)}")
-    if container.is_packetized(bytes(data[:4])):
-        enc, bundle, report = unpack_packets(data, model, max_pixels, method)
-        return synthesize(enc, bundle), report
-    enc, bundle = unpack(data, model, max_pixels)
-    return synthesize(enc, bundle), LossReport()
+    with _maybe_using(device):
+        if container.is_packetized(bytes(data[:4])):
+            enc, bundle, report = unpack_packets(data, model, max_pixels, method)
+            return synthesize(enc, bundle), report
+        enc, bundle = unpack(data, model, max_pixels)
+        return synthesize(enc, bundle), LossReport()
 
 
 def decode(
-    data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS, method: str = recovery.DEFAULT
+    data: bytes,
+    model: Bundle | str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    method: str = recovery.DEFAULT,
+    device: str | None = None,
 ) -> np.ndarray:
     """Decompress .vqc bytes to an (H, W, 3) uint8 RGB image.
 
     The model is found from the file's model id unless ``model`` is given (it must match).
     Packetized files decode whatever was lost: missing indices are predicted with ``method``.
+    ``device``: as in ``encode``.
     """
-    return decode_with_report(data, model, max_pixels, method)[0]
+    return decode_with_report(data, model, max_pixels, method, device)[0]

@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from vqcodec.errors import VqcFormatError
+from vqcodec.errors import VqcFormatError, VqcUsageError
 
 MAGIC = b"VQC"
 VERSION = 1
@@ -181,6 +181,10 @@ def header_size(header: Header) -> int:
 # ---------------------------------------------------------------------------------------------
 
 PACKET_VERSION = 2
+PARITY_VERSION = 3
+"""Packetized files with erasure-coded parity packets: version 2's layout, with the parity count R
+in the header copies' flag bits 2-7 (docs/bitstream.md, "Parity packets")."""
+MAX_PARITY = 63
 V2_HEADER = struct.Struct("<3sBIBHBHHB")
 V2_HEADER_BYTES = V2_HEADER.size + 4
 HEADER_COPIES = 3
@@ -200,51 +204,125 @@ class PacketScan:
     damaged: int  # packet-shaped regions that failed their checksum
     duplicates: int
     header_copies_ok: int
+    parity: int = 0  # declared parity packets R
+    parity_arrived: int = 0  # parity packets that passed their checksum
+    rebuilt: tuple[int, ...] = ()  # data packets rebuilt from parity (in ``payloads``)
+    parity_mismatch: bool = False  # parity disagreed with the data: nothing rebuilt from it
+    data_arrived: int = 0  # data packets that arrived themselves
 
     @property
     def lost(self) -> list[int]:
         return [s for s in range(self.packets) if s not in self.payloads]
 
 
-def _v2_header_bytes(header: Header, packets: int) -> bytes:
-    body = V2_HEADER.pack(MAGIC, PACKET_VERSION, header.model_id, int(header.mode), header.codebook_size - 1,
+def _v2_header_bytes(header: Header, packets: int, parity: int = 0) -> bytes:
+    version = PARITY_VERSION if parity else PACKET_VERSION
+    body = V2_HEADER.pack(MAGIC, version, header.model_id, int(header.mode) | parity << 2, header.codebook_size - 1,
                           header.m, header.width, header.height, packets)  # fmt: skip
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def pack_packets(header: Header, payloads: list[bytes]) -> bytes:
-    """A version-2 file: three header copies then one framed packet per payload."""
+def _frame(seq: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_PACKET_PAYLOAD:
+        raise VqcFormatError(f"packet {seq} payload of {len(payload)} bytes exceeds {MAX_PACKET_PAYLOAD}")
+    head = PACKET_HEAD.pack(seq, len(payload))
+    return head + payload + struct.pack("<H", binascii.crc_hqx(head + payload, 0xFFFF))
+
+
+def check_parity(packets: int, parity: int) -> None:
+    if not 0 <= parity <= MAX_PARITY:
+        raise VqcUsageError(f"--parity {parity}: the parity packet count must be in 0..{MAX_PARITY}")
+    if packets + parity > MAX_PACKETS:
+        raise VqcUsageError(f"{packets} packets + {parity} parity packets exceed {MAX_PACKETS} in all")
+
+
+def _parity_blocks(framed: list[bytes], parity: int) -> list[bytes]:
+    """R erasure-coded blocks (zfec, Reed-Solomon over GF(2^8)) of the P framed data packets, each
+    zero-padded to the longest: any P of the P + R blocks give back every framed packet."""
+    import zfec
+
+    size = max(len(f) for f in framed)
+    blocks = tuple(f.ljust(size, b"\0") for f in framed)
+    n = len(blocks)
+    return [bytes(b) for b in zfec.Encoder(n, n + parity).encode(blocks, tuple(range(n, n + parity)))]
+
+
+def pack_packets(header: Header, payloads: list[bytes], parity: int = 0) -> bytes:
+    """A packetized file: three header copies, one framed packet per payload, then ``parity``
+    erasure-coded parity packets (format version 3 when there are any, else version 2)."""
     header.validate()
     if not 1 <= len(payloads) <= MAX_PACKETS:
         raise VqcFormatError(f"packet count {len(payloads)} outside 1..{MAX_PACKETS}")
-    out = bytearray(_v2_header_bytes(header, len(payloads)) * HEADER_COPIES)
-    for seq, p in enumerate(payloads):
-        if len(p) > MAX_PACKET_PAYLOAD:
-            raise VqcFormatError(f"packet {seq} payload of {len(p)} bytes exceeds {MAX_PACKET_PAYLOAD}")
-        head = PACKET_HEAD.pack(seq, len(p))
-        out += head + p + struct.pack("<H", binascii.crc_hqx(head + p, 0xFFFF))
+    check_parity(len(payloads), parity)
+    framed = [_frame(seq, p) for seq, p in enumerate(payloads)]
+    out = bytearray(_v2_header_bytes(header, len(payloads), parity) * HEADER_COPIES)
+    out += b"".join(framed)
+    for j, block in enumerate(_parity_blocks(framed, parity) if parity else []):
+        out += _frame(len(payloads) + j, block)
     return bytes(out)
 
 
-def _parse_v2_header(chunk: bytes) -> tuple[Header, int] | None:
+def _parse_v2_header(chunk: bytes) -> tuple[Header, int, int] | None:
+    """(header, data packets P, parity packets R) of one intact header copy, else None."""
     if len(chunk) < V2_HEADER_BYTES:
         return None
     body, crc = chunk[: V2_HEADER.size], struct.unpack("<I", chunk[V2_HEADER.size : V2_HEADER_BYTES])[0]
     if zlib.crc32(body) != crc:
         return None
     magic, version, model_id, flags, km1, m, w, h, packets = V2_HEADER.unpack(body)
-    if magic != MAGIC or version != PACKET_VERSION or flags & ~0x03 or packets < 1:
+    parity = flags >> 2
+    if magic != MAGIC or version not in (PACKET_VERSION, PARITY_VERSION) or packets < 1:
+        return None
+    if (version == PACKET_VERSION) != (parity == 0) or packets + parity > MAX_PACKETS:
         return None
     try:
         header = Header(model_id, km1 + 1, m, w, h, CodingMode(flags & 0x03), version)
         header.validate()
     except (ValueError, VqcFormatError):
         return None
-    return header, packets
+    return header, packets, parity
 
 
 def is_packetized(data: bytes) -> bool:
-    return len(data) >= 4 and data[:3] == MAGIC and data[3] == PACKET_VERSION
+    return len(data) >= 4 and data[:3] == MAGIC and data[3] in (PACKET_VERSION, PARITY_VERSION)
+
+
+def _rebuild(payloads: dict[int, bytes], parity_blocks: dict[int, bytes], packets: int,
+             parity: int) -> tuple[list[int], bool]:  # fmt: skip
+    """Rebuild lost data packets from parity when at least P of the P + R packets arrived; each
+    rebuilt packet must carry its own sequence number and pass its own CRC-16, so parity that
+    disagrees with the data rebuilds nothing. Returns (rebuilt seqs, parity disagreed)."""
+    import zfec
+
+    missing = [s for s in range(packets) if s not in payloads]
+    sizes = {len(b) for b in parity_blocks.values()}
+    if not missing or len(payloads) + len(parity_blocks) < packets:
+        return [], False
+    framed = {s: _frame(s, p) for s, p in payloads.items()}
+    if len(sizes) != 1 or max(map(len, framed.values()), default=0) > min(sizes):
+        return [], True  # parity packets of different sizes, or shorter than a data packet
+    size = sizes.pop()
+    nums = sorted(framed)[:packets] + sorted(parity_blocks)[: packets - len(framed)]
+    blocks = tuple(framed[n].ljust(size, b"\0") if n < packets else parity_blocks[n] for n in nums)
+    try:
+        out = zfec.Decoder(packets, packets + parity).decode(blocks, tuple(nums))
+    except Exception:  # noqa: BLE001 - zfec raises plain errors for inconsistent input
+        return [], True
+    rebuilt, bad = [], False
+    for s in missing:
+        block = bytes(out[s])
+        seq, n = PACKET_HEAD.unpack_from(block, 0)
+        stop = PACKET_HEAD.size + n
+        if (
+            seq != s
+            or stop + 2 > len(block)
+            or binascii.crc_hqx(block[:stop], 0xFFFF) != struct.unpack_from("<H", block, stop)[0]
+        ):
+            bad = True
+            continue
+        payloads[s] = block[PACKET_HEAD.size : stop]
+        rebuilt.append(s)
+    return rebuilt, bad
 
 
 def scan_packets(data: bytes) -> PacketScan:
@@ -259,28 +337,33 @@ def scan_packets(data: bytes) -> PacketScan:
         if len(data) < 4 or data[:3] != MAGIC:
             raise VqcFormatError("not a .vqc file (bad magic bytes)")
         raise VqcFormatError("packetized file: every header copy is damaged or missing")
-    header, packets = good[0]
+    header, packets, parity = good[0]
     payloads: dict[int, bytes] = {}
+    parity_blocks: dict[int, bytes] = {}
     damaged = duplicates = 0
     pos, end = HEADER_COPIES * V2_HEADER_BYTES, len(data)
     while pos + PACKET_OVERHEAD <= end:
         seq, n = PACKET_HEAD.unpack_from(data, pos)
         stop = pos + PACKET_HEAD.size + n
-        if seq < packets and stop + 2 <= end:
+        if seq < packets + parity and stop + 2 <= end:
             crc = struct.unpack_from("<H", data, stop)[0]
             if binascii.crc_hqx(data[pos:stop], 0xFFFF) == crc:
-                if seq in payloads:
+                into = payloads if seq < packets else parity_blocks
+                if seq in into:
                     duplicates += 1
                 else:
-                    payloads[seq] = data[pos + PACKET_HEAD.size : stop]
+                    into[seq] = data[pos + PACKET_HEAD.size : stop]
                 pos = stop + 2
                 continue
         # not a valid packet here: count one damaged region, then resynchronise byte by byte
         damaged += 1
         pos += 1
-        while pos + PACKET_OVERHEAD <= end and not _valid_packet_at(data, pos, packets):
+        while pos + PACKET_OVERHEAD <= end and not _valid_packet_at(data, pos, packets + parity):
             pos += 1
-    return PacketScan(header, packets, payloads, damaged, duplicates, len(good))
+    arrived = len(payloads)
+    rebuilt, mismatch = _rebuild(payloads, parity_blocks, packets, parity) if parity_blocks else ([], False)
+    return PacketScan(header, packets, payloads, damaged, duplicates, len(good), parity, len(parity_blocks),
+                      tuple(rebuilt), mismatch, arrived)  # fmt: skip
 
 
 def _valid_packet_at(data: bytes, pos: int, packets: int) -> bool:
@@ -294,7 +377,7 @@ def _valid_packet_at(data: bytes, pos: int, packets: int) -> bool:
 def packet_spans(data: bytes) -> list[tuple[int, int]]:
     """Byte ranges of the framed packets of an intact packetized file (for loss simulation)."""
     scan = scan_packets(data)
-    if scan.damaged or len(scan.payloads) != scan.packets:
+    if scan.damaged or scan.data_arrived != scan.packets or scan.parity_arrived != scan.parity:
         raise VqcFormatError("file is already damaged: simulate loss on an intact file")
     spans, pos = [], HEADER_COPIES * V2_HEADER_BYTES
     while pos < len(data):

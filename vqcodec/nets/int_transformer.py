@@ -209,6 +209,8 @@ class IntTransformer:
         """Shapes and value bounds that the exactness argument needs (a damaged file fails here)."""
         c = self.config
         d, hid = c.dim, c.dim * c.mlp
+        if max(9 * d, hid) > 1 << 11 or d % c.heads:
+            raise ValueError("integer transformer: inner products longer than 2^11 terms would not stay exact")
         want = {"embed": (self.total, d), "mask_token": (len(c.sizes), d), "pe": (TILE * TILE, d),
                 "norm.g": (d,), "norm.b": (d,), "ln_eps": (1,)}  # fmt: skip
         lin = {"head": (self.total, d)}
