@@ -15,7 +15,10 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 - ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in; ``fill-plain-ar-disjoint``:
   on disjoint tiles (session 6's default); ``fill-plain-ar-both-overlap``: ``ar``'s prediction
   from overlapping tiles too;
-- ``masked-index``: the default's snapped codes.
+- ``masked-index``: the default's snapped codes;
+- ``shared-exact`` / ``fill-exact``: ``shared-plain`` / ``fill-plain`` run by the integer-exact copy
+  of the network (what ``--recover masked`` runs when the bundle ships it: the same filled map on
+  every computer).
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
 """
@@ -71,7 +74,19 @@ def variants(bundle, k: int) -> dict:
 
         return fn
 
+    def exact(kind: str):  # the integer-exact copy (what the codec runs when the bundle ships it)
+        net = bundle.exact_transformer(kind)
+
+        def fn(idx, miss):
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book)
+            return filled.numpy()[None], soft
+
+        return fn
+
     out = {"neighbour": baseline("neighbour")}
+    for kind in ("masked", "fill"):
+        if bundle.has_exact(kind):
+            out[("shared" if kind == "masked" else "fill") + "-exact"] = exact(kind)
     if ar is not None:
         out["ar"] = baseline("ar", ar)
     if shared is not None:

@@ -95,15 +95,17 @@ def test_every_truncation_and_bit_flip_of_a_real_file(tiny):
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_packet_permutations_duplicates_losses_and_flips(tiny, data):
-    """Any mix of lost, duplicated, reordered and bit-flipped packets of a real packetized file
-    decodes to an image of the right size; packets that survive intact are used as they are."""
+    """Any mix of lost, duplicated, reordered and bit-flipped packets of a real packetized file (with
+    or without parity) decodes to an image of the right size; packets that survive intact are used
+    as they are, and any N of N + R packets give the whole map."""
     from vqcodec import container
 
     packets = data.draw(st.integers(1, 12))
     k = data.draw(st.sampled_from([8, 16, 32, 64]))
     img = make_image(48, 64, seed=packets)
     enc = codec.analyze(img, tiny, k)
-    blob = codec.pack(enc, tiny, packets=packets)
+    parity = data.draw(st.integers(0, 3))  # version 3 files too: parity packets are packets like any other
+    blob = codec.pack(enc, tiny, packets=packets, parity=parity)
     spans = container.packet_spans(blob)
     head, pk = blob[: spans[0][0]], [blob[a:b] for a, b in spans]
     keep = data.draw(st.lists(st.integers(0, len(pk) - 1), max_size=2 * len(pk)))  # drops, dups, any order
@@ -119,5 +121,7 @@ def test_packet_permutations_duplicates_losses_and_flips(tiny, data):
         assert "\n" not in str(e)  # e.g. all three header copies hit
     else:
         assert out.shape == (48, 64, 3) and out.dtype == np.uint8
-        if set(keep) == set(range(len(pk))) and not flips:  # every packet arrived, in any order
+        n_data = len(pk) - parity
+        if len(set(keep)) >= n_data and (set(range(n_data)) <= set(keep) or parity) and not flips:
+            # every data packet arrived, or enough packets for the parity to rebuild the rest
             assert report.missing_positions == 0 and np.array_equal(out, codec.synthesize(enc, tiny))
