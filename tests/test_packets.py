@@ -79,9 +79,15 @@ def test_any_loss_still_gives_an_image(tiny, loss):
     for seed in range(3):
         bad, rep = corrupt.corrupt(data, loss=loss, seed=seed)
         for method in ("auto", "none", "neighbour"):
+            if len(rep.dropped) == 16:  # nothing of the map arrived: an error, not an invented picture
+                with pytest.raises(VqcFormatError, match="every packet of the index map was lost"):
+                    codec.decode_with_report(bad, tiny, method=method)
+                continue
             out, report = codec.decode_with_report(bad, tiny, method=method)
             assert out.shape == img.shape
             assert len(report.lost_packets) == len(rep.dropped)
+    if loss == 1.0:
+        assert len(rep.dropped) == 16
 
 
 def test_bit_flips_become_losses_not_wrong_indices(tiny):
@@ -151,6 +157,12 @@ def test_cli_packets_corrupt_info_decode(models_env, tmp_path, capsys):
     assert Image.open(tmp_path / "l.png").size == (96, 64)
     assert main(["encode", str(tmp_path / "a.png"), "--packets", "0", "--model", str(models_env)]) == 2
     assert main(["decode", str(tmp_path / "l.vqc"), "--recover", "magic"]) == 2
+    assert main(["corrupt", str(tmp_path / "a.vqc"), "--loss", "1", "-o", str(tmp_path / "all.vqc")]) == 0
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path / "all.vqc"), "-o", str(tmp_path / "all.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "every packet of the index map was lost (8 of 8)" in err and "\n" not in err
+    assert not (tmp_path / "all.png").exists()
 
 
 # -- parity packets (format version 3) -------------------------------------------------------------

@@ -519,6 +519,8 @@ def unpack_packets(
             continue
         idx[:, sel] = vals.reshape(header.m, -1)
         missing[sel] = False
+    if missing.all():  # no index arrived: any picture would be invented from nothing
+        raise VqcFormatError(f"every packet of the index map was lost ({n} of {n}): nothing to decode")
     book = bundle.codebook(k)
     method, net, label = _recovery_choice(bundle, method, bool(missing.any()))
     q = bundle.model.quantize
