@@ -1,13 +1,18 @@
 """Packet-loss benchmark: decode quality of damaged packetized files for every recovery method.
 
-For each Kodak image, K, loss rate and seed: encode with ``--packets``, drop packets with
-``vqc corrupt``'s independent-loss model, decode with each method, score against the original
-(PSNR, MS-SSIM, LPIPS-Alex, DISTS; docs/metrics.md). Writes ``packet_loss.csv`` (every run),
+For each Kodak image, K, parity count, loss model, loss rate and seed: encode with ``--packets``
+(and ``--parity R`` for each of ``--parities``), drop packets with ``vqc corrupt``'s loss models
+(``--bursts 1``: independent; B > 1: Gilbert-Elliott bursts of mean length B; parity packets are
+dropped like any other), decode with each method, score against the original
+(PSNR, MS-SSIM, LPIPS-Alex, DISTS; docs/metrics.md). ``bytes`` is the whole file's size, parity
+included, so settings can be compared at equal bytes. A file whose every packet was lost is
+refused by the decoder; such runs are counted (``refused``) and left out of the means. Writes ``packet_loss.csv`` (every run),
 ``packet_loss_summary.csv`` (means), ``packet_loss_lpips.png`` (LPIPS against loss rate) and prints
 a markdown table.
 
     python benchmarks/packet_loss.py                                  # K 16/64/256, 5 rates, 3 seeds
     python benchmarks/packet_loss.py --ks 64 --losses 0 0.3 --seeds 1 --limit 4
+    python benchmarks/packet_loss.py --ks 64 --parities 0 2 4 --bursts 1 4 --losses 0 0.1 0.3 0.6
 
 Every measurement is appended to ``cache.jsonl`` in ``--out`` as it is made, keyed by image, K,
 loss, seed and method: an interrupted run resumes, and runs over disjoint ``--ks`` can go in
@@ -31,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vqcodec import codec, corrupt, metrics, recovery  # noqa: E402
+from vqcodec.errors import VqcFormatError  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
 
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--losses", type=float, nargs="*", default=[0.0, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--packets", type=int, default=16)
+    ap.add_argument("--parities", type=int, nargs="*", default=[0], help="parity packets R to try")
+    ap.add_argument("--bursts", type=float, nargs="*", default=[1.0], help="mean burst lengths (1: independent)")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every method the bundle supports")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument(
@@ -80,41 +88,57 @@ def main(argv: list[str] | None = None) -> None:
             cache[r["key"]] = r
     rows = []
     t0 = time.time()
+    settings = [(r, b) for r in args.parities for b in args.bursts]
     with open(cache_path, "a") as cf:
         for p in images:
             img = None
             for k in args.ks:
-                data = None
-                for loss in args.losses:
-                    for seed in range(args.seeds if loss > 0 else 1):
-                        for method in methods:
-                            dep = depends.get(method, "") if loss > 0 else ""  # nothing lost: no network used
-                            key = f"{tag}:{dep}|{p.name}|{k}|{loss}|{seed}|{method}"
-                            if key not in cache:
-                                if img is None:
-                                    img = load_image(p).pixels
-                                    ref = metrics.Reference(img)  # its LPIPS/DISTS features once
-                                if data is None:
-                                    data = codec.pack(codec.analyze(img, bundle, k), bundle, packets=args.packets)
-                                # nothing lost: every method gives the same picture, measured once
-                                same = (cache.get(f"{tag}:|{p.name}|{k}|{loss}|{seed}|{m2}") for m2 in methods)
-                                done = next((r for r in same if r), None) if loss == 0 else None
-                                if done:
-                                    cache[key] = {**done, "key": key, "method": method}
-                                else:
-                                    # a loss pattern of its own per image, rate and seed (one seed for all
-                                    # would drop the same packets everywhere, and nest the rates)
-                                    ch = zlib.crc32(f"{p.name}|{loss}|{seed}".encode())
-                                    lossy, rep = corrupt.corrupt(data, loss=loss, seed=ch)
-                                    t = time.perf_counter()
-                                    out, report = codec.decode_with_report(lossy, bundle, method=method)
-                                    dt = time.perf_counter() - t
-                                    cache[key] = {"key": key, "image": p.name, "K": k, "loss": loss, "seed": seed,
-                                                  "method": method, "lost_packets": len(report.lost_packets),
-                                                  "bytes": len(data), "decode_s": dt, **ref.score(out)}  # fmt: skip
-                                cf.write(json.dumps(cache[key]) + "\n")
-                                cf.flush()
-                            rows.append({k2: v for k2, v in cache[key].items() if k2 != "key"})
+                enc = None
+                for parity, burst in settings:
+                    data = None
+                    # parity 0 + independent loss keep the keys (and loss patterns) of earlier runs
+                    extra = (f"|r{parity}" if parity else "") + (f"|b{burst:g}" if burst != 1 else "")
+                    for loss in args.losses:
+                        for seed in range(args.seeds if loss > 0 else 1):
+                            for method in methods:
+                                dep = depends.get(method, "") if loss > 0 else ""  # nothing lost: no network used
+                                # nothing lost: burst does not matter, parity only for the bytes
+                                suffix = extra if loss else (f"|r{parity}" if parity else "")
+                                key = f"{tag}:{dep}|{p.name}|{k}|{loss}|{seed}|{method}" + suffix
+                                if key not in cache:
+                                    if img is None:
+                                        img = load_image(p).pixels
+                                        ref = metrics.Reference(img)  # its LPIPS/DISTS features once
+                                    if enc is None:
+                                        enc = codec.analyze(img, bundle, k)
+                                    if data is None:
+                                        data = codec.pack(enc, bundle, packets=args.packets, parity=parity)
+                                    # nothing lost: every method gives the same picture, measured once
+                                    same = (cache.get(f"{tag}:|{p.name}|{k}|{loss}|{seed}|{m2}") for m2 in methods)
+                                    done = next((r for r in same if r), None) if loss == 0 else None
+                                    if done:
+                                        cache[key] = {**done, "key": key, "method": method, "bytes": len(data)}
+                                    else:
+                                        # a loss pattern of its own per image, rate and seed (one seed for
+                                        # all would drop the same packets everywhere, and nest the rates)
+                                        ch = zlib.crc32(f"{p.name}|{loss}|{seed}{extra}".encode())
+                                        lossy, rep = corrupt.corrupt(data, loss=loss, burst=burst, seed=ch)
+                                        t = time.perf_counter()
+                                        try:
+                                            out, report = codec.decode_with_report(lossy, bundle, method=method)
+                                        except VqcFormatError:  # every packet lost: refused, no picture
+                                            scores, lost = dict.fromkeys(FIELDS, None), len(rep.dropped)
+                                        else:
+                                            scores, lost = ref.score(out), len(report.lost_packets)
+                                        dt = time.perf_counter() - t
+                                        cache[key] = {"key": key, "image": p.name, "K": k, "loss": loss, "seed": seed,
+                                                      "method": method, "lost_packets": lost,
+                                                      "bytes": len(data), "decode_s": dt, **scores}  # fmt: skip
+                                    cf.write(json.dumps(cache[key]) + "\n")
+                                    cf.flush()
+                                row = {k2: v for k2, v in cache[key].items() if k2 != "key"}
+                                row.update(parity=parity, burst=burst)
+                                rows.append(row)
             print(f"{p.name} done ({time.time() - t0:.0f}s)", flush=True)
     with open(args.out / "packet_loss.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -122,34 +146,49 @@ def main(argv: list[str] | None = None) -> None:
         w.writerows(rows)
     summary = []
     for k in args.ks:
-        for loss in args.losses:
-            for method in methods:
-                sel = [r for r in rows if r["K"] == k and r["loss"] == loss and r["method"] == method]
-                summary.append({"K": k, "loss": loss, "method": method, "n": len(sel),
-                                **{f: float(np.mean([r[f] for r in sel])) for f in FIELDS + ["decode_s"]}})  # fmt: skip
+        for parity, burst in settings:
+            for loss in args.losses:
+                for method in methods:
+                    sel = [r for r in rows if r["K"] == k and r["loss"] == loss and r["method"] == method
+                           and r["parity"] == parity and r["burst"] == burst]  # fmt: skip
+                    ok = [r for r in sel if r["lpips"] is not None]
+                    summary.append({"K": k, "parity": parity, "burst": burst, "loss": loss, "method": method,
+                                    "n": len(ok), "refused": len(sel) - len(ok),
+                                    "bytes": float(np.mean([r["bytes"] for r in sel])),
+                                    **{f: float(np.mean([r[f] for r in ok])) if ok else float("nan")
+                                       for f in FIELDS + ["decode_s"]}})  # fmt: skip
     with open(args.out / "packet_loss_summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
         w.writerows(summary)
-    print("\n| K | loss | method | PSNR | MS-SSIM | LPIPS | DISTS | decode s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| K | parity | burst | loss | method | bytes | PSNR | MS-SSIM | LPIPS | DISTS | refused | decode s |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for s in summary:
-        print(f"| {s['K']} | {s['loss']:.1f} | {s['method']} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | "
-              f"{s['lpips']:.4f} | {s['dists']:.4f} | {s['decode_s']:.2f} |")  # fmt: skip
+        print(f"| {s['K']} | {s['parity']} | {s['burst']:g} | {s['loss']:.1f} | {s['method']} | {s['bytes']:.0f} | "
+              f"{s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} | {s['refused']} | "
+              f"{s['decode_s']:.2f} |")  # fmt: skip
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for k in args.ks:
-            for method in methods:
-                pts = [s for s in summary if s["K"] == k and s["method"] == method]
-                ax.plot([s["loss"] for s in pts], [s["lpips"] for s in pts], marker="o", label=f"K={k} {method}")
-        ax.set_xlabel("packet loss rate")
-        ax.set_ylabel("LPIPS-Alex (lower is better)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, len(args.bursts), figsize=(7 * len(args.bursts), 5), squeeze=False)
+        for ax, burst in zip(axes[0], args.bursts, strict=True):
+            for k in args.ks:
+                for parity in args.parities:
+                    for method in methods:
+                        pts = [s for s in summary if s["K"] == k and s["method"] == method and s["parity"] == parity
+                               and s["burst"] == burst]  # fmt: skip
+                        ax.plot([s["loss"] for s in pts], [s["lpips"] for s in pts], marker="o",
+                                label=f"K={k} R={parity} {method} ({pts[0]['bytes']:.0f} B)")  # fmt: skip
+            ax.set_title("independent loss" if burst == 1 else f"burst loss, mean length {burst:g}")
+            ax.set_xlabel("packet loss rate")
+            ax.set_ylabel("LPIPS-Alex (lower is better)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.out / "packet_loss_lpips.png", dpi=110)
     except ImportError:

@@ -58,6 +58,29 @@ def test_packet_loss_benchmark_resumes_from_its_cache(bundle_with_transformers, 
     assert list(csv.DictReader(open(tmp_path / "out" / "packet_loss.csv"))) == rows
 
 
+@pytest.mark.skipif(not weights_dir().exists(), reason="LPIPS/DISTS weights not present")
+def test_packet_loss_benchmark_parity_and_bursts(bundle_with_transformers, tmp_path, capsys):
+    """Parity settings cost bytes and rebuild what they can; burst loss is a setting of its own."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.fromarray(make_image(64, 96, seed=3)).save(data / "im.png")
+    pl = _load("packet_loss")
+    pl.main(["--model", str(bundle_with_transformers), "--data", str(data), "--ks", "16", "--losses", "0", "0.2",
+             "--seeds", "3", "--packets", "8", "--parities", "0", "2", "--bursts", "1", "3", "--methods", "neighbour",
+             "--out", str(tmp_path / "out")])  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "out" / "packet_loss.csv")))
+    assert len(rows) == 4 * (1 + 3)  # (parity x burst) x (loss 0 once + 3 seeds)
+    size = {r["parity"]: int(r["bytes"]) for r in rows}
+    assert size["2"] > size["0"]
+    clean = {r["psnr"] for r in rows if r["loss"] == "0.0"}
+    assert len(clean) == 1
+    rebuilt = [r for r in rows if r["parity"] == "2" and r["loss"] == "0.2" and r["lost_packets"] == "0"]
+    assert rebuilt and all(r["psnr"] in clean for r in rebuilt)  # at most 2 lost: rebuilt exactly
+    summary = list(csv.DictReader(open(tmp_path / "out" / "packet_loss_summary.csv")))
+    assert {(r["parity"], r["burst"]) for r in summary} == {("0", "1.0"), ("0", "3.0"), ("2", "1.0"), ("2", "3.0")}
+    assert "| parity | burst |" in capsys.readouterr().out
+
+
 def test_entropy_benchmark_reports_every_mode(bundle_with_transformers, tmp_path, capsys):
     data = tmp_path / "imgs"
     data.mkdir()
