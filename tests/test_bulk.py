@@ -159,67 +159,18 @@ def test_parquet_round_trip(client, tmp_path, capsys):
     assert (tmp_path / "png" / "k" / "1.png").read_bytes() == ref.read_bytes()
 
 
-def test_killed_worker_loses_nothing_and_a_rerun_redoes_nothing(client, tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "out"
-    paths = photos(src, 6, seed=20)
-    pids = client.run(os.getpid)
-    killed: list[int] = []
-
-    def kill_a_busy_worker(s: bulk.Snapshot) -> None:
-        """After the first chunk is written, SIGKILL a worker that is running one."""
-        if killed or s.chunks_done < 1:
-            return
-        busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
-        if busy:
-            os.kill(pids[busy[0]], signal.SIGKILL)
-            killed.append(pids[busy[0]])
-
-    report = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1,
-                         progress=kill_a_busy_worker)  # fmt: skip
-    assert killed, "no worker was busy after the first chunk"
-    assert report.done == 6 and not report.failures  # the dead worker's chunks ran elsewhere
-    for p in paths:
-        assert (dst / p.relative_to(src).with_suffix(".vqc")).read_bytes() == vqcodec.encode(p, codebook=16)
-    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
-    wait_idle(client)
-    before, encoded = fingerprint(dst), sum(s["encoded"] for s in stats(client).values())
-    again = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1)
-    assert (again.done, again.skipped, len(again.failures)) == (0, 6, 0)
-    assert sum(s["encoded"] for s in stats(client).values()) == encoded  # nothing encoded twice
-    assert fingerprint(dst) == before  # same inodes, same mtimes: not rewritten
-
-
-class Stop(Exception):
-    pass
-
-
-def test_interrupted_job_resumes_where_it_stopped(client, tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "out"
-    paths = photos(src, 6, seed=30)
-
-    def stop(s: bulk.Snapshot) -> None:
-        if s.chunks_done >= 2:
-            raise Stop  # as Ctrl-C would, between two results
-
-    with pytest.raises(Stop):
-        bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1, progress=stop)
-    wait_idle(client)  # chunks still running when it stopped finish on the workers; their results are dropped
-    first = fingerprint(dst)
-    assert 2 <= len(first) < 6
-    encoded = sum(s["encoded"] for s in stats(client).values())
-    damaged = sorted(first)[0]  # a damaged output is not "done": it is encoded again
-    data = (dst / damaged).read_bytes()
-    (dst / damaged).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    first.pop(damaged)
-    report = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1)
-    todo = 6 - len(first)
-    assert (report.done, report.skipped, len(report.failures)) == (todo, len(first), 0)
-    assert sum(s["encoded"] for s in stats(client).values()) - encoded == todo  # only what was missing
-    after = fingerprint(dst)
-    assert {k: after[k] for k in first} == first  # the finished ones untouched
-    for p in paths:
-        assert (dst / p.relative_to(src).with_suffix(".vqc")).read_bytes() == vqcodec.encode(p, codebook=16)
-    assert not [f for f in dst.rglob(".*")]
+def test_unsafe_parquet_keys_fail_alone(client, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buf = io.BytesIO()
+    Image.fromarray(make_image(48, 64)).save(buf, format="PNG")
+    keys = ["../escape.png", "/abs.png", "fine.png"]
+    pq.write_table(pa.table({"key": keys, "image": [buf.getvalue()] * 3}), tmp_path / "in.parquet")
+    report = bulk.encode(str(tmp_path / "in.parquet"), str(tmp_path / "out"), client=client)
+    assert report.done == 1 and sorted(f.key for f in report.failures) == ["../escape.png", "/abs.png"]
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".vqc"] == ["fine.vqc"]
+    assert not (tmp_path / "escape.vqc").exists()
+    assert np.asarray(vqcodec.decode((tmp_path / "out" / "fine.vqc").read_bytes())).shape == (48, 64, 3)
 
 
 def test_usage_errors_are_one_line(client, tmp_path, capsys):
@@ -260,15 +211,92 @@ def test_help_imports_neither_dask_nor_torch():
     assert "vqc bulk encode photos/ archive/" in proc.stdout
 
 
-def test_unsafe_parquet_keys_fail_alone(client, tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    buf = io.BytesIO()
-    Image.fromarray(make_image(48, 64)).save(buf, format="PNG")
-    keys = ["../escape.png", "/abs.png", "fine.png"]
-    pq.write_table(pa.table({"key": keys, "image": [buf.getvalue()] * 3}), tmp_path / "in.parquet")
-    report = bulk.encode(str(tmp_path / "in.parquet"), str(tmp_path / "out"), client=client)
-    assert report.done == 1 and sorted(f.key for f in report.failures) == ["../escape.png", "/abs.png"]
-    assert [p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".vqc"] == ["fine.vqc"]
-    assert not (tmp_path / "escape.vqc").exists()
-    assert np.asarray(vqcodec.decode((tmp_path / "out" / "fine.vqc").read_bytes())).shape == (48, 64, 3)
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_job_resumes_where_it_stopped(client, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "out"
+    paths = photos(src, 6, seed=30)
+
+    def stop(s: bulk.Snapshot) -> None:
+        if s.chunks_done >= 2:
+            raise Stop  # as Ctrl-C would, between two results
+
+    with pytest.raises(Stop):
+        bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1, progress=stop)
+    wait_idle(client)  # chunks still running when it stopped finish on the workers; their results are dropped
+    first = fingerprint(dst)
+    assert 2 <= len(first) < 6
+    encoded = sum(s["encoded"] for s in stats(client).values())
+    damaged = sorted(first)[0]  # a damaged output is not "done": it is encoded again
+    data = (dst / damaged).read_bytes()
+    (dst / damaged).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    first.pop(damaged)
+    report = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1)
+    todo = 6 - len(first)
+    assert (report.done, report.skipped, len(report.failures)) == (todo, len(first), 0)
+    assert sum(s["encoded"] for s in stats(client).values()) - encoded == todo  # only what was missing
+    after = fingerprint(dst)
+    assert {k: after[k] for k in first} == first  # the finished ones untouched
+    for p in paths:
+        assert (dst / p.relative_to(src).with_suffix(".vqc")).read_bytes() == vqcodec.encode(p, codebook=16)
+    assert not [f for f in dst.rglob(".*")]
+
+
+def test_killed_worker_loses_nothing_and_a_rerun_redoes_nothing(client, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "out"
+    paths = photos(src, 6, seed=20)
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+
+    def kill_a_busy_worker(s: bulk.Snapshot) -> None:
+        """After the first chunk is written, SIGKILL a worker that is running one."""
+        if killed or s.chunks_done < 1:
+            return
+        busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed.append(pids[busy[0]])
+
+    report = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1,
+                         progress=kill_a_busy_worker)  # fmt: skip
+    assert killed, "no worker was busy after the first chunk"
+    assert report.done == 6 and not report.failures  # the dead worker's chunks ran elsewhere
+    for p in paths:
+        assert (dst / p.relative_to(src).with_suffix(".vqc")).read_bytes() == vqcodec.encode(p, codebook=16)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
+    wait_idle(client)
+    before, encoded = fingerprint(dst), sum(s["encoded"] for s in stats(client).values())
+    again = bulk.encode(str(src), str(dst), bulk.EncodeSettings(codebook=16), client=client, chunk=1)
+    assert (again.done, again.skipped, len(again.failures)) == (0, 6, 0)
+    assert sum(s["encoded"] for s in stats(client).values()) == encoded  # nothing encoded twice
+    assert fingerprint(dst) == before  # same inodes, same mtimes: not rewritten
+
+
+class KeysOnly:
+    """A sink that keeps nothing (the test looks at the report)."""
+
+    def write(self, outcomes, meta):
+        return [o.key for o in outcomes]
+
+
+def test_an_image_that_kills_its_worker_fails_alone(client, tmp_path):
+    """A chunk whose worker keeps dying is re-run one image per task; only the culprit fails."""
+
+    def chunk(items, topic=None, chunk_id=0):  # a local function: sent to the workers by value
+        if any(key == "poison" for key, _ in items):
+            os._exit(1)  # as a segfault or the OOM killer would
+        return [bulk.Outcome(key, True, b"x", width=1, height=1) for key, _ in items]
+
+    scheduler = client.cluster.scheduler
+    allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0  # give up after one death, not four
+    try:
+        report = bulk.Report("test")
+        chunks = iter([[("a", b""), ("poison", b""), ("b", b"")], [("c", b"")]])
+        bulk._drive(bulk.Cluster(client), chunks, chunk, (), 4, KeysOnly(), {}, report, [], None, None)
+    finally:
+        scheduler.allowed_failures = allowed
+    assert sorted(report.written) == ["a", "b", "c"]
+    assert [f.key for f in report.failures] == ["poison"] and "worker died" in report.failures[0].error
+    client.wait_for_workers(2, timeout=60)

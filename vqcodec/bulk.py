@@ -35,6 +35,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -792,7 +793,7 @@ class Cluster:
             self._own = [self.client]
         else:
             cluster = dd.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.ERROR)  # fmt: skip
+                                      dashboard_address=None, silence_logs=logging.CRITICAL)  # fmt: skip
             self.client = dd.Client(cluster)
             self._own = [self.client, cluster]
         return self.client
@@ -839,7 +840,12 @@ def _is_killed_worker(e: BaseException) -> bool:
 def _drive(cluster: Cluster, chunks: Iterator[list], fn, args: tuple, total: int, sink, meta: dict,
            report: Report, read_failed: list[Failure], progress: Callable[[Snapshot], None] | None,
            on_failure: Callable[[Failure], None] | None) -> None:  # fmt: skip
-    """Submit chunks (a few per worker thread at a time), write each finished one, report."""
+    """Submit chunks (a few per worker thread at a time), write each finished one, report.
+
+    A chunk that Dask gives up on because its workers kept dying (``KilledWorker``: a corrupt
+    image can crash a decoder library, a huge one can run a worker out of memory) is split into
+    suspects, and suspects run one at a time with nothing else in flight: a suspect that kills
+    its worker even alone is the culprit and fails; the others, killed beside it, are redone."""
     dd = _dask()
     client = cluster.get()
     encoding = fn is encode_chunk
@@ -853,11 +859,10 @@ def _drive(cluster: Cluster, chunks: Iterator[list], fn, args: tuple, total: int
             seen[msg["chunk"]] = max(seen.get(msg["chunk"], 0), msg["done"])
 
     client.subscribe_topic(topic, on_event)
-    futures: dict[Any, tuple[int, list]] = {}
-    next_id = 0
-    chunks_done = 0
+    futures: dict[Any, tuple[int, list, bool]] = {}  # future -> (chunk id, items, ran alone)
+    suspects: deque[tuple[str, bytes | None]] = deque()
+    next_id = chunks_done = finished = 0  # finished: images of completed chunks, ok or failed
     t0 = time.perf_counter()
-    finished = 0  # images finished in completed chunks (ok or failed)
     threads, threads_at = cluster.threads(), time.perf_counter()
     last_emit = 0.0
 
@@ -866,10 +871,10 @@ def _drive(cluster: Cluster, chunks: Iterator[list], fn, args: tuple, total: int
         if on_failure:
             on_failure(f)
 
-    def submit(items: list) -> None:
+    def submit(items: list, alone: bool = False) -> None:
         nonlocal next_id
         fut = client.submit(fn, items, *args, topic, next_id, key=f"vqc-bulk-{topic[9:]}-{next_id}", pure=False)
-        futures[fut] = (next_id, items)
+        futures[fut] = (next_id, items, alone)
         next_id += 1
 
     def emit(force: bool = False) -> None:
@@ -879,23 +884,28 @@ def _drive(cluster: Cluster, chunks: Iterator[list], fn, args: tuple, total: int
             return
         last_emit = now
         with lock:
-            running = sum(min(seen.get(cid, 0), len(items)) for cid, items in futures.values())
-        progress(Snapshot(total, report.skipped, finished + running, len(report.failures), report.bytes_out, now - t0, chunks_done))
+            running = sum(min(seen.get(cid, 0), len(items)) for cid, items, _ in futures.values())
+        progress(Snapshot(total, report.skipped, finished + running, len(report.failures), report.bytes_out,
+                          now - t0, chunks_done))  # fmt: skip
 
     exhausted = False
     try:
         while True:
             if time.perf_counter() - threads_at > 5:
                 threads, threads_at = cluster.threads(), time.perf_counter()
-            while not exhausted and len(futures) < 2 * threads + 1:
-                items = next(chunks, None)
-                while read_failed:
-                    fail(read_failed.pop(0))
-                    finished += 1
-                if items is None:
-                    exhausted = True
-                else:
-                    submit(items)
+            if suspects:
+                if not futures:
+                    submit([suspects.popleft()], alone=True)
+            else:
+                while not exhausted and len(futures) < 2 * threads + 1:
+                    items = next(chunks, None)
+                    while read_failed:
+                        fail(read_failed.pop(0))
+                        finished += 1
+                    if items is None:
+                        exhausted = True
+                    else:
+                        submit(items)
             if not futures:
                 break
             try:  # back as soon as one chunk is done; every 0.2 s anyway, for the progress display
@@ -904,15 +914,14 @@ def _drive(cluster: Cluster, chunks: Iterator[list], fn, args: tuple, total: int
                 emit()
                 continue
             for fut in [f for f in futures if f.done()]:
-                cid, items = futures.pop(fut)
+                cid, items, alone = futures.pop(fut)
                 try:
                     outcomes = fut.result()
                 except Exception as e:  # noqa: BLE001 - the chunk as a whole failed on the cluster
-                    if _is_killed_worker(e) and len(items) > 1:  # find the one image that kills workers
-                        for item in items:
-                            submit([item])
+                    if _is_killed_worker(e) and not alone:
+                        suspects.extend(items)
                         continue
-                    why = "its worker died every time it ran it" if _is_killed_worker(e) else _one_line(
+                    why = "its worker died each time it ran, even alone" if _is_killed_worker(e) else _one_line(
                         f"{type(e).__name__}: {e}")  # fmt: skip
                     outcomes = [Outcome(key, False, error=f"{key}: {why}") for key, _ in items]
                 fut.release()
@@ -1074,10 +1083,11 @@ def _preflight(cluster: Cluster, fn, settings):
 
 @contextmanager
 def _quiet_logs() -> Iterator[None]:
-    """Dask's own log lines (worker restarts, closing comms) would break the progress display."""
+    """Dask's own log lines (worker restarts, tasks given up) would break the progress display; what
+    matters reaches the user as our own one-line failures."""
     logger = logging.getLogger("distributed")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
