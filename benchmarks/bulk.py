@@ -87,7 +87,8 @@ def noop_rate(src: Path, workers: int, chunk: int) -> tuple[float, int]:
         cluster.get().wait_for_workers(workers)
         failed: list = []
         report = bulk.Report("noop")
-        chunks = bulk._chunks(source.read(source.keys), chunk, bulk.CHUNK_BYTES, failed)
+        size = bulk.chunk_size(len(source.keys), chunk, cluster.threads())  # as a real job would cut it
+        chunks = bulk._chunks(source.read(source.keys), size, bulk.CHUNK_BYTES, failed)
         bulk._drive(cluster, chunks, noop_chunk, (), len(source.keys), NullSink(), {}, report, failed, None, None)
     finally:
         cluster.close()
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             per_img, n = noop_rate(src, w, args.chunk)
             extra.append(f"- {w} worker(s): codec {report.work_seconds / max(report.done, 1) * 1000:.0f} ms/image; "
                          f"worker time outside the codec {outside * 1000:.0f} ms/image; no-op job {per_img * 1000:.1f} "
-                         f"ms/image ({n} images, chunk {args.chunk}); cluster start + model loads "
+                         f"ms/image ({n} images, --chunk {args.chunk}); cluster start, listing and the first model load "
                          f"{wall - report.run_seconds:.1f} s before the first chunk was sent")  # fmt: skip
     base = next((r["wall_s"] / r["images"] for r in rows if r["runner"] == "vqc encode --jobs" and r["parallel"] == 1),
                 None)  # fmt: skip

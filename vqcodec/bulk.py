@@ -465,7 +465,7 @@ class Source:
         _, _, pads = _arrow()
         todo = set(wanted)
         ds = pads.dataset(self.table, format="parquet")
-        scan = ds.to_batches(columns=["key", self.column], batch_size=64, batch_readahead=1, fragment_readahead=1)
+        scan = ds.to_batches(columns=["key", self.column], batch_size=16, batch_readahead=1, fragment_readahead=1)
         for batch in scan:
             for key, value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
                 if key in todo:
@@ -833,6 +833,12 @@ def _chunks(reader: Iterator[tuple[str, bytes | None, str]], size: int, max_byte
         yield chunk
 
 
+def chunk_size(images: int, chunk: int, threads: int) -> int:
+    """``chunk``, but smaller for small jobs: at least two chunks per worker thread, so that every
+    worker gets work (8 images in one chunk of 16 would leave the second worker idle)."""
+    return max(1, min(chunk, -(-images // (2 * max(1, threads)))))
+
+
 def _is_killed_worker(e: BaseException) -> bool:
     return type(e).__name__ == "KilledWorker"
 
@@ -1044,6 +1050,8 @@ def _job(command: str, src: str, dst: str, settings, client, address, workers, c
             else:
                 _preflight(cluster, preflight_decode, settings)
                 fn, args = decode_chunk, (settings,)
+            if progress is not None:  # the display shows the work before the first chunk is back
+                progress(Snapshot(len(pending), report.skipped, 0, 0, 0, 0.0, 0))
             meta = {"settings": identity, "command": command}
             read_failed: list[Failure] = []
             unsafe = []
@@ -1054,8 +1062,7 @@ def _job(command: str, src: str, dst: str, settings, client, address, workers, c
                     unsafe.append(Failure(key, f"{key}: {e}"))
             bad = {f.key for f in unsafe}
             read_failed += unsafe
-            # small jobs: at least two chunks per worker thread, so that every worker gets work
-            size = max(1, min(chunk, -(-len(pending) // (2 * cluster.threads()))))
+            size = chunk_size(len(pending), chunk, cluster.threads())
             chunks = _chunks(source.read(k for k in pending if k not in bad), size, CHUNK_BYTES, read_failed)
             ran = True
             _drive(cluster, chunks, fn, args, len(pending), sink, meta, report, read_failed, progress, on_failure)

@@ -395,7 +395,7 @@ def _bulk_run(run: Callable, what: str, quiet: bool, rate: bool) -> None:
     tasks: list[TaskID] = []
 
     def progress(s: bulk.Snapshot) -> None:
-        if not tasks:  # shown once there is work: not while the cluster starts, nor when all was done before
+        if not tasks:  # shown once the work is known (not at all when everything was done before)
             tasks.append(bar.add_task(what, total=s.total, rate=0.0, out=0, failed=0))
         bar.update(tasks[0], total=s.total, completed=s.done, rate=s.rate, out=s.bytes_out, failed=s.failed)
 
