@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             per_img, n = noop_rate(src, w, args.chunk)
             extra.append(f"- {w} worker(s): codec {report.work_seconds / max(report.done, 1) * 1000:.0f} ms/image; "
                          f"worker time outside the codec {outside * 1000:.0f} ms/image; no-op job {per_img * 1000:.1f} "
-                         f"ms/image ({n} images, --chunk {args.chunk}); cluster start, listing and the first model load "
-                         f"{wall - report.run_seconds:.1f} s before the first chunk was sent")  # fmt: skip
+                         f"ms/image ({n} images, --chunk {args.chunk}); cluster start, listing and the first model "
+                         f"load {wall - report.run_seconds:.1f} s before the first chunk was sent")  # fmt: skip
     base = next((r["wall_s"] / r["images"] for r in rows if r["runner"] == "vqc encode --jobs" and r["parallel"] == 1),
                 None)  # fmt: skip
     for r in rows:

@@ -105,7 +105,9 @@ def test_bulk_encode_is_vqc_encode_and_goes_on_after_a_bad_image(client, tmp_pat
         ref = tmp_path / "ref.vqc"
         assert run(capsys, "encode", p, "-o", ref, "-q", *options)[0] == 0
         assert (dst / rel).read_bytes() == ref.read_bytes(), rel
-    if options == ["-k", "16"]:  # and the Python API agrees
+    if options[0] == "--max-bytes":  # and the Python API (codec.encode_within) agrees
+        assert (dst / "im0.vqc").read_bytes() == vqcodec.encode(paths[0], max_bytes=40)
+    if options == ["-k", "16"]:
         assert (dst / "im0.vqc").read_bytes() == vqcodec.encode(paths[0], codebook=16)
         # the model was loaded once per worker, not once per image
         assert all(s["model_loads"] == 1 for s in stats(client).values() if s["encoded"])

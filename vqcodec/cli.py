@@ -37,7 +37,8 @@ app = typer.Typer(
     "  vqc decode photo.vqc -o photo.out.png\n\n"
     "  vqc encode photos/ -o compressed/ --jobs 2\n\n"
     "  vqc info photo.vqc\n\n"
-    "  vqc models",
+    "  vqc models\n\n"
+    "  vqc bulk encode photos/ archive/ --workers 2",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -368,6 +369,7 @@ def decode(
 ENGINE_HELP = "the engine that runs the job: dask (Dask distributed)"
 ADDRESS_HELP = "a running Dask scheduler (tcp://host:8786); default: a local cluster on this machine"
 WORKERS_HELP = "local cluster: worker processes, one thread each (not with --address)"
+DEVICE_HELP = "where each worker runs the networks: auto | cpu | cuda"
 CHUNK_HELP = "images per task (fewer: finer load balance; more: less scheduling per image)"
 
 
@@ -441,7 +443,7 @@ def bulk_encode(
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
     ] = None,
     parity: Annotated[int, typer.Option("--parity", help="with --packets: R parity packets (0..63)")] = 0,
-    device: Annotated[str, typer.Option("--device", help="where each worker runs the networks: auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
@@ -484,7 +486,7 @@ def bulk_decode(
         str, typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | ar | masked | "
                           "masked-index")
     ] = "auto",
-    device: Annotated[str, typer.Option("--device", help="where each worker runs the networks: auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:

@@ -45,7 +45,9 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         raise VqcImageError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
 
 
-def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS, label: str | None = None) -> LoadedImage:
+def load_image(
+    path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS, label: str | None = None
+) -> LoadedImage:
     """Read any Pillow-readable image (a path or a binary file object) as 8-bit RGB, EXIF-oriented.
     ``label`` names a file object in error messages (default ``<stdin>``)."""
     if not hasattr(path, "read"):
