@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from vqcodec.errors import VqcError, VqcUsageError
-from vqcodec.imageio import MAX_PIXELS
+from vqcodec.imageio import IMAGE_SUFFIXES, MAX_PIXELS
 
 app = typer.Typer(
     name="vqc",
@@ -37,7 +37,8 @@ app = typer.Typer(
     "  vqc decode photo.vqc -o photo.out.png\n\n"
     "  vqc encode photos/ -o compressed/ --jobs 2\n\n"
     "  vqc info photo.vqc\n\n"
-    "  vqc models",
+    "  vqc models\n\n"
+    "  vqc bulk encode photos/ archive/ --workers 2",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,9 +46,18 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, show and verify model bundles.", no_args_is_help=False)
 app.add_typer(models_app, name="models")
+bulk_app = typer.Typer(
+    help="Encode or decode many images on a Dask cluster (a local one by default); needs the cluster "
+    "extra: pip install 'vqcodec[cluster]'.\n\n"
+    "Examples:\n\n"
+    "  vqc bulk encode photos/ archive/ --codebook 64 --workers 2\n\n"
+    "  vqc bulk encode photos.parquet archive.parquet --address tcp://scheduler:8786\n\n"
+    "  vqc bulk decode archive/ png/",
+    no_args_is_help=True,
+)
+app.add_typer(bulk_app, name="bulk")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 GLOB_CHARS = set("*?[")
 
 
@@ -68,7 +78,7 @@ class Result:
     codebook: int = 0  # K of an encoded file (what --max-bytes chose)
 
 
-def _expand(inputs: list[str], suffixes: set[str]) -> tuple[list[Path | None], bool]:
+def _expand(inputs: list[str], suffixes: set[str] | frozenset[str]) -> tuple[list[Path | None], bool]:
     """Inputs -> files; batch is True for a folder, a glob or several inputs."""
     files: list[Path | None] = []
     batch = len(inputs) > 1
@@ -220,7 +230,7 @@ def encode(
     vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc ;
     vqc encode photo.png --max-bytes 500
     """
-    from vqcodec import codec, container, imageio, interleave, zoo
+    from vqcodec import codec, container, imageio, zoo
     from vqcodec.errors import VqcBudgetError
 
     if max_bytes is not None:
@@ -241,19 +251,13 @@ def encode(
     if parity and not (n_packets or packet_bytes):
         raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
     container.check_parity(n_packets, parity)
+    sizes = None
     if max_bytes is None:
         bundle.codebook(codebook)  # fail early on an unavailable K
     else:
         sizes = codec.budget_sizes(bundle, forced)  # fail early when forced context coding has no K
 
-    def pack(enc: codec.Encoded) -> bytes:
-        """The file to write for an index map: what --max-bytes measures against the budget."""
-        mode = codec.mode_for(bundle, enc.codebook_size, forced, bool(n_packets or packet_bytes))
-        n = n_packets
-        if packet_bytes:
-            payload = len(codec.pack(enc, bundle, mode)) - 18  # about the unpacketized payload
-            n = interleave.packets_for_bytes(packet_bytes - container.PACKET_OVERHEAD, payload)
-        return codec.pack(enc, bundle, mode, n, parity)
+    options = codec.PackOptions(forced, n_packets, packet_bytes, parity)
 
     def work(job: Job) -> Result:
         with devices.using(dev):  # per job: batch jobs run in pool threads, which start on the CPU
@@ -263,14 +267,10 @@ def encode(
         try:
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
-            if max_bytes is None:
-                enc = codec.analyze(img.pixels, bundle, codebook)
-                data = pack(enc)
-            else:
-                try:
-                    data, enc = codec.fit(codec.encode_latent(img.pixels, bundle), bundle, max_bytes, pack, sizes)
-                except VqcBudgetError as e:  # name the image: in a batch only some may not fit
-                    raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
+            try:
+                data, enc = codec.compress(img.pixels, bundle, codebook, max_bytes, options, sizes)
+            except VqcBudgetError as e:  # name the image: in a batch only some may not fit
+                raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
             if job.dst is None:
                 sys.stdout.buffer.write(data)
                 sys.stdout.buffer.flush()
@@ -364,6 +364,145 @@ def decode(
     if not quiet and not batch:
         err.print(results[0].message, highlight=False)
     raise typer.Exit(_summary(results, quiet, rate=False))
+
+
+ENGINE_HELP = "the engine that runs the job: dask (Dask distributed)"
+ADDRESS_HELP = "a running Dask scheduler (tcp://host:8786); default: a local cluster on this machine"
+WORKERS_HELP = "local cluster: worker processes, one thread each (not with --address)"
+DEVICE_HELP = "where each worker runs the networks: auto | cpu | cuda"
+CHUNK_HELP = "images per task (fewer: finer load balance; more: less scheduling per image)"
+
+
+def _bulk_cluster(ctx: typer.Context, engine: str, address: str | None, workers: int) -> None:
+    from vqcodec import bulk
+
+    if engine not in bulk.ENGINES:
+        raise VqcUsageError(f"unknown engine {engine!r}; choose {', '.join(bulk.ENGINES)}")
+    if address and _given(ctx, "workers"):
+        raise VqcUsageError("--workers sizes a local cluster; with --address the cluster's own workers run the job")
+    if workers < 1:
+        raise VqcUsageError("--workers must be at least 1")
+    bulk._dask()  # a missing extra: one line, before anything else
+
+
+def _bulk_run(run: Callable, what: str, quiet: bool, rate: bool) -> None:
+    """Run a bulk job with a live progress bar (images/s, bytes out, failures), print failures as
+    they come and a summary table at the end; exit 1 if any image failed."""
+    from vqcodec import bulk
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]:.2f} img/s"),
+               TextColumn("{task.fields[out]} B out"), TextColumn("{task.fields[failed]} failed"),
+               TimeElapsedColumn())  # fmt: skip
+    bar = Progress(*columns, console=err, disable=quiet)
+    tasks: list[TaskID] = []
+
+    def progress(s: bulk.Snapshot) -> None:
+        if not tasks:  # shown once the work is known (not at all when everything was done before)
+            tasks.append(bar.add_task(what, total=s.total, rate=0.0, out=0, failed=0))
+        bar.update(tasks[0], total=s.total, completed=s.done, rate=s.rate, out=s.bytes_out, failed=s.failed)
+
+    def failure(f: bulk.Failure) -> None:
+        err.print(f"vqc: error: {_one_line(f.error)}", highlight=False)
+
+    with bar:
+        report = run(progress=progress, on_failure=failure)
+    if not quiet:
+        for note in report.notes:
+            err.print(f"vqc: note: {note}", highlight=False)
+        t = Table(f"bulk {report.command}", "", show_header=False)  # one row per figure: fits any terminal
+        rows = [("images", report.total), ("done now", report.done), ("skipped (done before)", report.skipped),
+                ("failed", len(report.failures)), ("bytes in", report.bytes_in), ("bytes out", report.bytes_out),
+                ("mean bpp" + ("" if rate else " (of the .vqc inputs)"), f"{report.mean_bpp:.4f}"),
+                ("elapsed s", f"{report.elapsed:.1f}"), ("images/s", f"{report.rate:.2f}"),
+                ("workers", report.workers)]  # fmt: skip
+        for name, value in rows:
+            t.add_row(name, str(value))
+        err.print(t)
+        if report.failures_file is not None:
+            err.print(f"failures listed in {report.failures_file}", highlight=False)
+    raise typer.Exit(1 if report.failures else 0)
+
+
+@bulk_app.command("encode")
+def bulk_encode(
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument(help="a folder (recursive), a glob, or a .parquet table (key, image)")],
+    dst: Annotated[str, typer.Argument(help="a folder (.vqc files mirroring SRC) or a .parquet path (a table)")],
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "dask",
+    address: Annotated[str | None, typer.Option("--address", help=ADDRESS_HELP)] = None,
+    workers: Annotated[int, typer.Option("--workers", help=WORKERS_HELP)] = 2,
+    chunk: Annotated[int, typer.Option("--chunk", help=CHUNK_HELP)] = 16,
+    codebook: Annotated[int, typer.Option("-k", "--codebook", help="codebook size K: the rate knob")] = 64,
+    max_bytes: Annotated[
+        int | None, typer.Option("--max-bytes", metavar="N", help="per image, the largest K whose file fits in N "
+                                 "bytes (as vqc encode); not with --codebook")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder (on every worker)")] = None,
+    entropy_coder: Annotated[str, typer.Option("--entropy", help="auto | exact | static | context | raw")] = "auto",
+    packets: Annotated[
+        str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
+    ] = None,
+    parity: Annotated[int, typer.Option("--parity", help="with --packets: R parity packets (0..63)")] = 0,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """Encode every image of SRC on a Dask cluster: the same bytes as vqc encode with the same options.
+
+    A re-run skips the outputs that are complete and verified, so it finishes a stopped job. Bad
+    images are listed (and in DST/_failures.txt); the others go on.
+
+    Examples: vqc bulk encode photos/ archive/ -k 64 ; vqc bulk encode 'shots/**/*.jpg' shots.parquet ;
+    vqc bulk encode photos/ archive/ --address tcp://10.0.0.5:8786
+    """
+    from functools import partial
+
+    from vqcodec import bulk
+
+    if max_bytes is not None and _given(ctx, "codebook"):
+        raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
+    _bulk_cluster(ctx, engine, address, workers)
+    n_packets, packet_bytes = _parse_packets(packets)
+    settings = bulk.EncodeSettings(codebook, max_bytes, entropy_coder, n_packets, packet_bytes, parity, model, device,
+                                   max_pixels)  # fmt: skip
+    settings.check()
+    what = f"encoding K={codebook}" if max_bytes is None else f"encoding <= {max_bytes} bytes"
+    run = partial(bulk.encode, src, dst, settings, address=address, workers=workers, chunk=chunk)
+    _bulk_run(run, what, quiet, rate=True)
+
+
+@bulk_app.command("decode")
+def bulk_decode(
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument(help="a folder of .vqc files (recursive), a glob, or a .parquet table")],
+    dst: Annotated[str, typer.Argument(help="a folder (images mirroring SRC) or a .parquet path (key, image)")],
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "dask",
+    address: Annotated[str | None, typer.Option("--address", help=ADDRESS_HELP)] = None,
+    workers: Annotated[int, typer.Option("--workers", help=WORKERS_HELP)] = 2,
+    chunk: Annotated[int, typer.Option("--chunk", help=CHUNK_HELP)] = 16,
+    fmt: Annotated[str, typer.Option("--format", help="image format of the outputs (png, jpg, webp...)")] = "png",
+    model: Annotated[str | None, typer.Option("--model", help="model bundle (default: from each file's id)")] = None,
+    recover: Annotated[
+        str, typer.Option("--recover", help="lost-index prediction: auto | none | neighbour | ar | masked | "
+                          "masked-index")
+    ] = "auto",
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = MAX_PIXELS,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """Decode every .vqc of SRC on a Dask cluster: the same images as vqc decode.
+
+    Examples: vqc bulk decode archive/ png/ ; vqc bulk decode archive.parquet png.parquet --format webp
+    """
+    from functools import partial
+
+    from vqcodec import bulk
+
+    _bulk_cluster(ctx, engine, address, workers)
+    settings = bulk.DecodeSettings(fmt, recover, model, device, max_pixels)
+    settings.check()
+    run = partial(bulk.decode, src, dst, settings, address=address, workers=workers, chunk=chunk)
+    _bulk_run(run, "decoding", quiet, rate=False)
 
 
 CODING_LABELS = {
@@ -604,9 +743,9 @@ def _torch_threads() -> None:
         torch.set_num_threads(n)
 
 
-TORCH_FREE = {"info", "corrupt", "models"}
+TORCH_FREE = {"info", "corrupt", "models", "bulk"}
 """Commands that only read containers and manifests (``models verify`` loads networks: it asks
-for the threads itself)."""
+for the threads itself; ``bulk`` runs its networks on Dask workers, which read ``VQC_THREADS``)."""
 
 
 @app.callback()

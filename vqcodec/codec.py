@@ -427,6 +427,50 @@ def mode_for(bundle: Bundle, k: int, forced: CodingMode | None, packetized: bool
     return CodingMode.STATIC if packetized else best_mode(bundle, k)
 
 
+@dataclass(frozen=True)
+class PackOptions:
+    """How an index map becomes file bytes: what ``vqc encode``'s --entropy, --packets and --parity
+    decide. One object, so that every door that writes files (``vqc encode``, ``vqc bulk encode``)
+    makes the same bytes from the same options."""
+
+    mode: CodingMode | None = None  # forced coding mode; None: ``mode_for`` picks per K
+    packets: int = 0  # a packet count (--packets 16)
+    packet_bytes: int = 0  # or a target packet size (--packets 200B): the count follows the payload
+    parity: int = 0  # erasure-coded parity packets (with packets)
+
+    @property
+    def packetized(self) -> bool:
+        return bool(self.packets or self.packet_bytes)
+
+
+def pack_with(enc: Encoded, bundle: Bundle, options: PackOptions) -> bytes:
+    """The file to write for an index map under ``options``: what --max-bytes measures against."""
+    mode = mode_for(bundle, enc.codebook_size, options.mode, options.packetized)
+    n = options.packets
+    if options.packet_bytes:
+        payload = len(pack(enc, bundle, mode)) - 18  # about the unpacketized payload
+        n = interleave.packets_for_bytes(options.packet_bytes - container.PACKET_OVERHEAD, payload)
+    return pack(enc, bundle, mode, n, options.parity)
+
+
+def compress(
+    pixels: np.ndarray,
+    bundle: Bundle,
+    codebook_size: int = 64,
+    max_bytes: int | None = None,
+    options: PackOptions = PackOptions(),
+    sizes: list[int] | None = None,
+) -> tuple[bytes, Encoded]:
+    """(H, W, 3) uint8 -> (file bytes, index map): at ``codebook_size``, or with ``max_bytes`` the
+    largest K whose whole file fits (``fit``; ``sizes`` the K to choose from, default
+    ``budget_sizes``). Runs on the enclosing ``device.using`` device."""
+    if max_bytes is None:
+        enc = analyze(pixels, bundle, codebook_size)
+        return pack_with(enc, bundle, options), enc
+    ks = budget_sizes(bundle, options.mode) if sizes is None else sizes
+    return fit(encode_latent(pixels, bundle), bundle, max_bytes, lambda e: pack_with(e, bundle, options), ks)
+
+
 def encode_within(
     pixels: np.ndarray,
     max_bytes: int,

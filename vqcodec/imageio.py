@@ -25,6 +25,8 @@ MAX_PIXELS = 1 << 27
 """Default upper bound on width x height (134 MP): a guard against decompression bombs. Models of
 the taef2 backbone (the default) run big images tile by tile in bounded memory (about 2 GB at
 50 MP: docs/usage.md), so the limit is no longer what memory allows but what a photo plausibly is."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
+"""The files a folder or glob input of ``vqc encode`` / ``vqc bulk encode`` picks up."""
 WHOLE_MAX_PIXELS = 4096 * 4096
 """The limit for models that run whole images only (the vqgan backbone: vqc-small)."""
 
@@ -43,11 +45,14 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         raise VqcImageError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
 
 
-def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read any Pillow-readable image (a path or a binary file object) as 8-bit RGB, EXIF-oriented."""
+def load_image(
+    path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS, label: str | None = None
+) -> LoadedImage:
+    """Read any Pillow-readable image (a path or a binary file object) as 8-bit RGB, EXIF-oriented.
+    ``label`` names a file object in error messages (default ``<stdin>``)."""
     if not hasattr(path, "read"):
         path = Path(path)
-    label = path if isinstance(path, Path) else "<stdin>"
+    label = path if isinstance(path, Path) else label or "<stdin>"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -147,7 +152,7 @@ def _write_unnamed(folder: Path, tmp: Path, data: bytes) -> bool:
     return True
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sweep: bool = True) -> None:
     """Write ``data`` to ``path`` all at once or not at all, whatever happens meanwhile.
 
     Where Linux allows it, the bytes go to an unnamed ``O_TMPFILE`` in the target directory that
@@ -156,13 +161,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     hidden ``.NAME.PID.RANDOM.part`` file is used: removed on any error or signal Python sees,
     and, if a SIGKILL left one, swept by the next write into that folder. ``path`` itself only
     ever appears complete. A full disk or unwritable directory is a one-line ``VqcImageError``;
-    an existing ``path`` is replaced, only once the new one is complete.
+    an existing ``path`` is replaced, only once the new one is complete. ``sweep=False`` skips the
+    sweep: a writer of many files into one folder (``vqc bulk``) sweeps it once, not once per file
+    (a listing per write would make a 100k-file folder quadratic).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise VqcImageError(f"{path}: directory {folder} does not exist")
-    _sweep_stale_parts(folder)
+    if sweep:
+        _sweep_stale_parts(folder)
     tmp = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.part"
     try:
         if not _write_unnamed(folder, tmp, data):
