@@ -58,6 +58,13 @@ FAILURES_TXT = "_failures.txt"
 """Written inside DST; the underscore makes parquet readers (pyarrow, pandas, dask, spark) skip
 them in a dataset folder."""
 PART_GLOB = "part-*.parquet"
+# glibc settings for the workers. Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to
+# hand freed memory back to the OS), and setting any malloc threshold turns off glibc's adaptive mmap
+# threshold: every activation above 128 KB is then a fresh mmap, zeroed page by page, and freed with
+# munmap. The codec allocates tens of MB per layer, so an encode ran 30 % slower in such a worker
+# (5.3 s against 4.1 s per Kodak photo, one thread, AMD EPYC AVX2; 3.8 s with these values). Blocks
+# up to 32 MB come from the heap and are reused; above 64 MB of free heap top, memory is returned.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 GLOB_CHARS = set("*?[")
 
 
@@ -792,8 +799,12 @@ class Cluster:
                 raise VqcError(f"cannot reach the Dask scheduler at {self.address} ({_one_line(str(e))})") from None
             self._own = [self.client]
         else:
-            cluster = dd.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.CRITICAL)  # fmt: skip
+            import dask
+
+            env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                cluster = dd.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                          dashboard_address=None, silence_logs=logging.CRITICAL)  # fmt: skip
             self.client = dd.Client(cluster)
             self._own = [self.client, cluster]
         return self.client
