@@ -50,7 +50,7 @@ def holdout_images(root: Path = TRAIN, max_side: int = 768) -> list[Photo]:
 
     _, val = split_holdout(list_images(root), 8)
     return [Photo(p.name, load_rgb(p, max_side)) for p in val]
-FIELDS = ["bpp", "psnr", "ms_ssim", "lpips", "dists"]
+FIELDS = ["bpp", "psnr", "ms_ssim", "lpips", "dists", "block_de"]
 
 
 def evaluate(bundle, images: list[Path], ks: list[int], progress=True) -> list[dict]:

@@ -272,3 +272,33 @@ def test_paired_comparison_pairs_photos_and_applies_the_two_se_rule(tmp_path, ca
     assert not paired.clearly_better({8: r[8]})  # K=64 missing: no verdict in its favour
     paired.main([str(base_csv), str(tmp_path / "steady.csv")])
     assert "verdict (LPIPS-Alex lower by > 2 SE at K=8 and K=64): clearly better" in capsys.readouterr().out
+    assert "block_de" not in capsys.readouterr().out  # old CSVs have no colour column: nothing compared
+
+
+def test_paired_equal_bpp_interpolates_the_candidate_per_photo_and_flags_colour(tmp_path, capsys):
+    """--equal-bpp: a candidate with other bytes per K is read at the base's bpp (linear in log
+    bpp between its own points, per photo); a point outside its range drops out; a higher block
+    colour error is reported as not shippable."""
+    paired = _load("paired")
+
+    def write(name, rows):
+        path = tmp_path / name
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "K", "bytes", "bpp", "psnr", "ms_ssim", "lpips", "dists", "block_de"])
+            w.writerows(rows)
+        return path
+
+    base = write("b.csv", [[f"p{i}", k, 0, bpp, 20, 0.5, lp + 0.01 * i, 0.2, 3.0 + 0.1 * i]
+                           for i in range(4) for k, bpp, lp in ((8, 0.01, 0.5), (64, 0.02, 0.4))])  # fmt: skip
+    # candidate: twice the bytes at each K, and at 0.01 / 0.02 bpp 0.03 better than the base, worse colour
+    cand = write("c.csv", [[f"p{i}", k, 0, bpp, 20, 0.5, lp + 0.01 * i, 0.2, 4.0 + 0.1 * i + 0.01 * (i % 2)]
+                           for i in range(4) for k, bpp, lp in ((8, 0.005, 0.6), (64, 0.01, 0.47), (256, 0.04, 0.25))])  # fmt: skip
+    at = paired.at_equal_bpp(paired.read(base), paired.read(cand))
+    assert at[("p0", 8)]["lpips"] == pytest.approx(0.47)  # exactly its K=64 point
+    assert at[("p0", 64)]["lpips"] == pytest.approx(0.47 + 0.5 * (0.25 - 0.47))  # halfway in log bpp
+    assert at[("p0", 64)]["bpp"] == 0.02
+    assert paired.at_equal_bpp(paired.read(base), {("p0", 8): {"bpp": 0.03, "lpips": 0.1}}) == {}  # out of range
+    paired.main([str(base), str(cand), "--equal-bpp"])
+    out = capsys.readouterr().out
+    assert "K=8 and K=64): clearly better" in out and "block_de) worse by > 2 SE at K = [8, 64]: not shippable" in out

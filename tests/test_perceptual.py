@@ -67,3 +67,27 @@ def test_psnr_and_ms_ssim_values():
     noisy = np.clip(a.astype(int) + np.random.default_rng(0).normal(0, 30, a.shape), 0, 255).astype(np.uint8)
     assert 0 < metrics.ms_ssim(a, noisy) < 0.99
     assert np.isnan(metrics.ms_ssim(a[:64, :64], noisy[:64, :64]))  # 5 scales need > 160 px
+
+
+def test_block_colour_error_sees_colour_and_layout_not_texture():
+    """metrics.block_de: 0 for the same picture; known CIELAB values (sRGB white, red); a block
+    painted another colour or a picture moved by a block raises it; noise that keeps each block's
+    mean colour barely does; under one block it is undefined."""
+    from vqcodec import metrics
+
+    white, red = np.array([[[255, 255, 255]]], np.uint8), np.array([[[255, 0, 0]]], np.uint8)
+    assert metrics.lab(metrics.linear_rgb(white))[0, 0] == pytest.approx([100.0, 0.0, 0.0], abs=0.02)
+    assert metrics.lab(metrics.linear_rgb(red))[0, 0] == pytest.approx([53.24, 80.09, 67.20], abs=0.05)
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.repeat(rng.integers(30, 220, (6, 8, 3)), 16, 0), 16, 1).astype(np.uint8)  # 96x128, 48 blocks
+    assert metrics.block_de(a, a) == 0.0
+    painted = a.copy()
+    painted[:16, :16] = [255, 0, 0]
+    one = float(np.linalg.norm(metrics.lab(metrics.block_means(a)[0, 0]) - metrics.lab(metrics.linear_rgb(red)[0, 0])))
+    assert metrics.block_de(a, painted) == pytest.approx(one / 48)
+    moved = np.roll(a, 16, axis=1)
+    flip = np.where(rng.random(a.shape) < 0.5, -1, 1) * 12  # +-12 levels around each pixel, block means kept
+    noisy = np.clip(a.astype(int) + flip, 0, 255).astype(np.uint8)
+    assert metrics.block_de(a, moved) > 10 * metrics.block_de(a, noisy)
+    assert metrics.psnr(a, noisy) < 30  # the noise is no small change to a pixel metric
+    assert np.isnan(metrics.block_de(a[:8], a[:8]))

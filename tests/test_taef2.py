@@ -209,6 +209,46 @@ def test_book_lr_trains_the_reduced_books_with_the_decoder_and_ships_them(photos
 
 
 @needs_taef2
+def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp_path):  # noqa: F811
+    """``--joint``: the encoder learns through each step's book (straight-through), every book
+    trains (the base one included, kept as the model's own codebook), the encoder has its own LR
+    group that ``--resume`` rebuilds, and ``finetune --decoder-from`` ships the run whole: a new
+    model id, new tables, and files that round-trip."""
+    from vqcodec.train import finetune
+
+    tiny, bundle = _tiny_bundle(photos, tmp_path)
+    base = bundle.model.config.n_embed
+    joint = tiny + ["--out", str(tmp_path / "joint"), "--init-from", str(tmp_path / "b"), "--joint",
+                    "--pixel-steps", "0", "--book-lr", "5e-2", "--book-sizes", "8", str(base), "--lr", "1e-2",
+                    "--old-lr-scale", "0.5", "--encoder-lr-scale", "1.0", "--restart-every", "1"]  # fmt: skip
+    autoencoder.main(joint + ["--steps", "2"])
+    autoencoder.main(joint + ["--steps", "4", "--resume"])
+    state = torch.load(tmp_path / "joint" / "last.ckpt", weights_only=True)
+    assert state["step"] == 4
+    groups = state["opt"]["param_groups"]
+    assert [g["lr_scale"] for g in groups[:2]] == [0.5, 1.0]
+    own = bundle.model.state_dict()
+    assert not torch.equal(state["model"]["quant_conv.weight"].float(), own["quant_conv.weight"].float())
+    assert not torch.equal(state["books"][str(base)], bundle.codebook(base).float())  # the base book trained
+    torch.testing.assert_close(state["model"]["quantize.embedding.weight"], state["books"][str(base)])
+    finetune.main([str(tmp_path / "b"), "--decoder-from", str(tmp_path / "joint" / "last.ckpt"), "--steps", "0",
+                   "--out", str(tmp_path / "ft"), "--data", str(photos), "--images", "4"])  # fmt: skip
+    shipped = load_model(tmp_path / "ft")
+    assert shipped.model_id != bundle.model_id
+    rec = shipped.manifest["training"]["joint_trained"]
+    assert rec["steps"] == 4 and "retrain" in rec["transformers"]
+    got = shipped.model.state_dict()["quant_conv.weight"].float()
+    torch.testing.assert_close(got, state["model"]["quant_conv.weight"].float(), atol=1e-2, rtol=1e-2)  # fp16
+    img = make_image(40, 56, seed=5)
+    for k in (8, base):
+        assert codec.decode(codec.encode(img, codebook_size=k, model=shipped), model=shipped).shape == img.shape
+    with pytest.raises(SystemExit, match="exclude each other"):
+        autoencoder.main(joint + ["--out", str(tmp_path / "x"), "--decoder-only", "--steps", "1"])
+    with pytest.raises(SystemExit, match="--encoder-lr-scale needs --joint"):
+        autoencoder.main(tiny + ["--out", str(tmp_path / "y"), "--encoder-lr-scale", "1.0", "--steps", "1"])
+
+
+@needs_taef2
 def test_book_lr_under_ddp_keeps_the_replicas_books_equal(photos, tmp_path):  # noqa: F811
     """Two gloo processes draw different books per step; every trained book is still reduced on
     both (zeros where not drawn), so the replicas end with the same books and weights."""

@@ -15,6 +15,13 @@ one of the bundle's K-means books picked at random: the encoder, the books and s
 stay as they are, so the bundle's context and recovery transformers stay valid, and one decoder
 learns to serve every K. ``vqc finetune --decoder-from <run>/last.ckpt`` puts it into a bundle.
 
+``--joint`` (with ``--init-from``) is the encoder's turn: the same per-step draw of one of the
+bundle's books, but the encoder and ``quant_conv`` learn too, through the drawn book by the
+straight-through estimator (VQ-VAE's commitment loss towards it), and with ``--book-lr`` every book,
+the base one included, follows the decoder's losses and the codebook loss. The index maps change,
+so everything downstream of them (frequency tables, context and recovery models) must be redone:
+``vqc finetune --decoder-from`` takes such a run whole (``--encoder-too``).
+
 ``--quantizer vq|looc|dual`` (with ``--m``, ``--extrapolate``, ``--codebook-size``) picks the
 quantizer; with ``--init-from`` a bundle's encoder and decoder are kept and a different quantizer
 replaces its own, its books seeded by K-means of the encoder's outputs on training crops.
@@ -47,6 +54,7 @@ from vqcodec.nets.autoencoder import (
     native_bf16,
 )
 from vqcodec.nets.discriminator import PatchDiscriminator
+from vqcodec.nets.quantizers import reseed_dead_codes
 from vqcodec.nets.taef2 import squash
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
 
@@ -166,15 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train post_quant_conv + decoder only, on a random K-means book of --init-from per step",
     )
+    ap.add_argument("--joint", action="store_true",
+                    help="with --init-from: encoder, decoder and (with --book-lr) every book of the bundle, the "
+                         "base one included, train together; each step draws a book as --decoder-only does and "
+                         "the encoder learns through it (straight-through + commitment loss)")
+    ap.add_argument("--encoder-lr-scale", type=float, default=None, metavar="S",
+                    help="with --joint: the encoder and quant_conv train at S x the LR (default: --old-lr-scale)")
     ap.add_argument("--book-sizes", type=int, nargs="+", default=None, metavar="K",
-                    help="with --decoder-only: draw each step's book from these K (repeat one to draw it more "
+                    help="with --decoder-only or --joint: draw each step's book from these K (repeat one to draw it more "
                          "often, e.g. 8 8 16 32 64 64 128 256) instead of uniformly from all the bundle's books")
     ap.add_argument("--dec-blocks", type=int, nargs=2, default=None, metavar=("AT_1_8", "AT_1_16"),
                     help="with --init-from: grow the taef2 decoder's coder mirror to this many residual blocks at "
                          "1/8 and 1/16 resolution; the new blocks start as the identity (zero last conv), so "
                          "the model begins exactly where the bundle is")
     ap.add_argument("--book-lr", type=float, default=0.0, metavar="LR",
-                    help="with --decoder-only: also train the bundle's reduced books (every K but the base) at "
+                    help="with --decoder-only: also train the bundle's reduced books (every K but the base; with --joint every K) at "
                          "this LR, on the same schedule, through the decoder's losses (the paper's per-K "
                          "fine-tuning, with the GAN; encoder frozen); 0: books fixed")
     ap.add_argument("--old-lr-scale", type=float, default=1.0, metavar="S",
@@ -239,11 +253,12 @@ class Trainer:
             self.model.encoder.taef2.requires_grad_(False)
         elif args.latent_steps > self.step:
             raise SystemExit("--latent-steps needs the taef2 backbone (with its encoder frozen)")
-        if args.decoder_only:
+        if args.decoder_only or args.joint:
             if not self.books:
-                raise SystemExit("--decoder-only needs --init-from <bundle> (or --resume of such a run)")
+                raise SystemExit("--decoder-only and --joint need --init-from <bundle> (or --resume of such a run)")
             if unknown := sorted(set(args.book_sizes or ()) - set(self.books)):
                 raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(self.books)}")
+        if args.decoder_only:
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
 
@@ -254,7 +269,12 @@ class Trainer:
         at the full rate cost its val LPIPS 0.015 before the new decay won it back)."""
         new = set(self.new_params)
         params = dict(self.model.named_parameters())
-        groups = [{"params": [p for n, p in params.items() if n not in new], "lr_scale": self.args.old_lr_scale}]
+        enc = set()  # --joint --encoder-lr-scale: the encoder's own group
+        if self.args.joint and self.args.encoder_lr_scale is not None:
+            enc = {n for n in params if n.startswith(("encoder.", "quant_conv.")) and n not in new}
+        groups = [{"params": [p for n, p in params.items() if n not in new | enc], "lr_scale": self.args.old_lr_scale}]
+        if enc:
+            groups.append({"params": [params[n] for n in params if n in enc], "lr_scale": self.args.encoder_lr_scale})
         if new:
             groups.append({"params": [p for n, p in params.items() if n in new], "lr_scale": 1.0})
         if tuned := self._tuned_books():
@@ -263,11 +283,12 @@ class Trainer:
 
     def _tuned_books(self) -> list[torch.Tensor]:
         """``--book-lr``: the reduced books as trainable leaves, in K order (the optimizer's group
-        order must be the same on ``--resume``); the base book is the model's own and stays frozen,
-        so the encoder's base index map, hence ``vqc finetune --decoder-from``'s check, still holds."""
+        order must be the same on ``--resume``); with ``--decoder-only`` the base book is the model's
+        own and stays frozen, so the encoder's base index map, hence ``vqc finetune --decoder-from``'s
+        check, still holds; with ``--joint`` it trains too (the encoder moves anyway)."""
         if not (self.args.book_lr and self.books):
             return []
-        base = self.model.config.n_embed
+        base = None if self.args.joint else self.model.config.n_embed
         for k in self.books:
             self.books[k] = self.books[k].detach().float().requires_grad_(k != base)
         return [self.books[k] for k in sorted(self.books) if k != base]
@@ -365,7 +386,7 @@ class Trainer:
             self._identity_blocks(missing)
             trainable = dict(self.model.named_parameters())  # missing_keys also lists buffers
             self.new_params = [n for n in missing if n in trainable]
-            if self.args.decoder_only:  # before the optimizer: with --book-lr the books join it
+            if self.args.decoder_only or self.args.joint:  # before the optimizer: with --book-lr the books join it
                 from vqcodec.zoo import load_model
 
                 books = load_model(self.args.init_from).codebooks
@@ -407,6 +428,7 @@ class Trainer:
     def save(self) -> None:
         if not self.main:
             return
+        self._sync_base_book()
         state = {
             "model": self.model.state_dict(),
             "disc": self.disc.state_dict(),
@@ -481,6 +503,10 @@ class Trainer:
                 loss = rec + qloss
                 logs = {"latent_mse": rec.item(), "q": qloss.item()}
                 x_hat = None
+            elif self.books and args.joint:  # --joint: a random book, the encoder learns through it
+                k = random.choice(self.args.book_sizes or sorted(self.books))
+                z_q, qloss = self._joint_quantize(model.encode_latent(x), k)
+                x_hat = model.decode_latent(z_q)
             elif self.books:  # --decoder-only: frozen encoder, a random book, no codebook loss
                 book = self.books[random.choice(self.args.book_sizes or sorted(self.books))]
                 with torch.no_grad():
@@ -538,13 +564,47 @@ class Trainer:
                         p.grad /= self.world
             self.opt_d.step()
             logs["d"] = d_loss.item()
-        if self.step % args.restart_every == 0 and self.step > 0 and not self.books:
+        if self.step % args.restart_every == 0 and self.step > 0 and args.joint:
+            logs["restarted"] = self._restart_base_book()
+        elif self.step % args.restart_every == 0 and self.step > 0 and not self.books:
             logs["restarted"] = model.quantize.restart_dead_codes()
             if self.ddp:  # keep replicas identical after a restart
                 for t in model.quantize.parameters():
                     dist.broadcast(t.data, 0)
         logs["loss"] = loss.item()
         return logs
+
+    def _joint_quantize(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``--joint``: ``z`` quantized by book ``k``. The decoder gets the code vectors with the
+        encoder's gradient passed straight through (and, with ``--book-lr``, the book's own), plus
+        the codebook + commitment loss towards that book; the base book's usage is counted every
+        step (the encoder's vectors against it), for its dead-code restarts."""
+        q = self.model.quantize
+        book = self.books[k]
+        b, c, h, w = z.shape
+        flat = q._prep(z.permute(0, 2, 3, 1).reshape(-1, c).float())
+        with torch.no_grad():
+            idx = q._nearest(flat, book.detach())
+            base = self.books[self.model.config.n_embed].detach()
+            base_idx = idx if k == self.model.config.n_embed else q._nearest(flat, base)
+            counts = torch.bincount(base_idx, minlength=base.shape[0]).float()
+            self.base_usage = getattr(self, "base_usage", torch.zeros_like(counts)).mul_(0.99).add_(counts, alpha=0.01)
+            self.usage_steps = getattr(self, "usage_steps", 0) + 1
+            self.recent = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]].detach()
+        codes = q.codes(book)[idx]
+        loss = F.mse_loss(codes, flat.detach()) + q.beta * F.mse_loss(flat, codes.detach())
+        z_q = codes + (flat - flat.detach())  # value: the code; gradient: to the code and to the encoder
+        return z_q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(z.dtype), loss
+
+    @torch.no_grad()
+    def _restart_base_book(self) -> int:
+        """``--joint``: re-seed the base book's dead codes (usage EMA below 1e-3) from recent encoder
+        vectors, as the plain trainer does for the model's own book."""
+        base = self.books[self.model.config.n_embed]
+        usage = getattr(self, "base_usage", None)
+        if usage is None or self.usage_steps < self.args.restart_every:  # e.g. just resumed: not yet counted
+            return 0
+        return reseed_dead_codes(base, usage, getattr(self, "recent", None), 1e-3)
 
     def _reduce_book_grads(self) -> None:
         """DDP with ``--book-lr``: each replica drew its own book, so each reduces every trained
@@ -571,7 +631,14 @@ class Trainer:
         return both[: x.shape[0]], both[x.shape[0] :]
 
     @torch.no_grad()
+    def _sync_base_book(self) -> None:
+        """``--joint``: the model's own codebook is the trained base book (validation, checkpoints)."""
+        if self.args.joint and (base := self.books.get(self.model.config.n_embed)) is not None:
+            self.model.quantize.embedding.weight.data.copy_(base.detach())
+
+    @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        self._sync_base_book()
         self.model.eval()
         xs, ys, idxs = self.val_batch, [], []
         for i in range(0, xs.shape[0], 4):
@@ -695,10 +762,15 @@ class _null:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.book_sizes and not args.decoder_only:  # before any bundle or photo is loaded
-        raise SystemExit("--book-sizes needs --decoder-only")
-    if args.book_lr and not args.decoder_only:
-        raise SystemExit("--book-lr needs --decoder-only (the bundle's reduced books are what it trains)")
+    books_mode = args.decoder_only or args.joint
+    if args.decoder_only and args.joint:
+        raise SystemExit("--decoder-only and --joint exclude each other (--joint trains the encoder too)")
+    if args.book_sizes and not books_mode:  # before any bundle or photo is loaded
+        raise SystemExit("--book-sizes needs --decoder-only or --joint")
+    if args.book_lr and not books_mode:
+        raise SystemExit("--book-lr needs --decoder-only or --joint (the bundle's reduced books are what it trains)")
+    if args.encoder_lr_scale is not None and not args.joint:
+        raise SystemExit("--encoder-lr-scale needs --joint")
     if args.old_lr_scale != 1.0 and args.init_from is None:
         raise SystemExit("--old-lr-scale needs --init-from (the bundle whose weights it scales)")
     Trainer(args).run()

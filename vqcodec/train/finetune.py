@@ -12,6 +12,11 @@ for later measurement. Data: training photos only (never Kodak).
 (the encoder and base codebook must be the bundle's, which is checked), so "decoder fine-tuned on
 every K" and "books fine-tuned per K" combine; ``--steps 0`` takes the decoder alone. The bundle's
 index-map transformers are carried over: neither step changes what an index means.
+
+A ``vqc train --joint`` checkpoint (encoder, books and decoder trained together) is taken whole:
+its index maps are new, so the frequency tables are re-measured, and the carried-over context and
+recovery transformers still decode every file exactly (they only predict) but cost bits until
+``vqc train-recovery`` retrains them on the new maps; the manifest says so.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ def load_checkpoint(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=True)
 
 
+def is_joint(state: dict) -> bool:
+    """Whether a training checkpoint is a ``vqc train --joint`` run (its encoder trained too)."""
+    return state.get("args", {}).get("joint") == "True"
+
+
 def take_decoder(model, ckpt: Path, state: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The bundle's ``model`` with the decoder of a --decoder-only training checkpoint, and its record;
     refuses one whose encoder or base codebook differ from the bundle's (its index maps would mean
@@ -55,7 +65,7 @@ def take_decoder(model, ckpt: Path, state: dict | None = None) -> tuple[torch.nn
         grown.load_state_dict(model.state_dict(), strict=False)
         model = grown
     own = model.state_dict()
-    for name, t in own.items():
+    for name, t in own.items() if not is_joint(state) else ():
         if name.startswith(FROZEN) and not torch.equal(sd[name].float(), t.float()):
             raise SystemExit(f"{ckpt}: {name} differs from the bundle's: not a --decoder-only run of this bundle")
     model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("usage")}, strict=False)
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default=None)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/datasets/train")
     ap.add_argument("--ks", type=int, nargs="*", default=None, help="K values to fine-tune (default: all but the base)")
-    ap.add_argument("--decoder-from", type=Path, default=None, help="a vqc train --decoder-only checkpoint")
+    ap.add_argument("--decoder-from", type=Path, default=None, help="a vqc train --decoder-only (or --joint) checkpoint")
     ap.add_argument("--save-disc", type=Path, default=None, metavar="FILE",
                     help="with --decoder-from: also write the run's discriminator (fp16 safetensors) for a "
                          "later vqc train --disc-from: a committed between-ships checkpoint is then complete")
@@ -159,11 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"vqc finetune: {bundle.name} has a {bundle.manifest['quantizer']['type']} quantizer; "
                          "codebook fine-tuning is implemented for plain VQ bundles only")  # fmt: skip
     model = bundle.model
-    decoder, trained = None, {}
+    decoder, trained, joint = None, {}, False
     if args.decoder_from:
         state = load_checkpoint(args.decoder_from)
         model, decoder = take_decoder(model, args.decoder_from, state)
         trained = tuned_books(args.decoder_from, bundle, state)
+        joint = is_joint(state)
+        if joint:
+            print(f"{args.decoder_from}: a --joint run: encoder and base book taken too (new index maps)", flush=True)
         disc, state = state["disc"], None  # the rest (optimizer states) is not needed any more
     files, _ = split_holdout(list_images(args.data), 8)
     photos = [load_rgb(p, 1024) for p in files]
@@ -192,7 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     else:  # only the decoder changed: the index maps, hence the frequency tables, are the bundle's
         tables = dict(bundle.tables)
     training = dict(bundle.manifest.get("training", {}))
-    if decoder:
+    if decoder and joint:
+        training["joint_trained"] = {"what": "encoder, every book (base included) and decoder together, a random "
+                                     "book per step (vqc train --joint)", **decoder,
+                                     "transformers": f"carried over from {bundle.name} (trained on its index maps): "
+                                     "files decode exactly, but retrain them (vqc train-recovery) before shipping"}  # fmt: skip
+    elif decoder:
         training["decoder_finetuned"] = {"what": "post_quant_conv + decoder on a random K-means book per step "
                                          "(encoder and base codebook frozen)", **decoder}  # fmt: skip
     if args.steps:
