@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vqcodec import codec, metrics  # noqa: E402
+from vqcodec.container import CodingMode  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
 from vqcodec.zoo import MANIFEST, load_model, write_manifest  # noqa: E402
 
@@ -53,13 +54,13 @@ def holdout_images(root: Path = TRAIN, max_side: int = 768) -> list[Photo]:
 FIELDS = ["bpp", "psnr", "ms_ssim", "lpips", "dists", "block_de"]
 
 
-def evaluate(bundle, images: list[Path], ks: list[int], progress=True) -> list[dict]:
+def evaluate(bundle, images: list[Path], ks: list[int], progress=True, mode=None) -> list[dict]:
     rows = []
     for k in ks:
         t0 = time.time()
         for p in images:
             img = p.pixels if hasattr(p, "pixels") else load_image(p).pixels
-            data = codec.encode(img, k, bundle)
+            data = codec.encode(img, k, bundle, mode=mode)
             rec = codec.decode(data, bundle)
             row = {"image": Path(str(p.name)).name, "K": k, "bytes": len(data), "bpp": len(data) * 8 / (img.shape[0] * img.shape[1])}
             row.update(metrics.score(img, rec))
@@ -88,8 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
     ap.add_argument("--update-manifest", action="store_true")
     ap.add_argument("--holdout", action="store_true", help="the 8 held-out training photos instead of --data")
+    ap.add_argument("--entropy", choices=["auto", "static", "exact", "context"], default="auto",
+                    help="coding mode (auto: the codec's choice); static compares index maps of two encoders "
+                         "fairly when one's context model was trained on the other's maps")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("VQC_THREADS", "0")))
     args = ap.parse_args(argv)
+    if args.update_manifest and args.entropy != "auto":
+        raise SystemExit("--update-manifest stores the scores of the codec's own choice of coding: no --entropy")
     if args.threads:
         torch.set_num_threads(args.threads)
     bundle = load_model(args.model)
@@ -105,18 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for k in ks:  # results are written after every K, so a stopped run keeps what it measured
-        rows += evaluate(bundle, images, [k])
+        rows += evaluate(bundle, images, [k], mode=None if args.entropy == "auto" else CodingMode[args.entropy.upper()])
         summary = write(rows, bundle, images, args)
-    print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS |\n|---|---|---|---|---|---|")
+    print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS | block ΔE |\n|---|---|---|---|---|---|---|")
     for s in summary:
-        print(
-            f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |"
-        )
+        print(f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} "
+              f"| {s['block_de']:.2f} |")  # fmt: skip
 
 
 def write(rows: list[dict], bundle, images: list[Path], args) -> list[dict]:
     summary = summarize(rows)
     tag = f"{bundle.name}_{bundle.manifest['model_id']}" + ("_holdout" if args.holdout else "")
+    tag += f"_{args.entropy}" if args.entropy != "auto" else ""
     with open(args.out / f"eval_{tag}_images.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "K", "bytes", *FIELDS])
         w.writeheader()
@@ -125,11 +131,6 @@ def write(rows: list[dict], bundle, images: list[Path], args) -> list[dict]:
         w = csv.DictWriter(f, fieldnames=["K", "n", *FIELDS])
         w.writeheader()
         w.writerows(summary)
-    print("\n| K | bpp | PSNR dB | MS-SSIM | LPIPS-Alex | DISTS |\n|---|---|---|---|---|---|")
-    for s in summary:
-        print(
-            f"| {s['K']} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} |"
-        )
     if args.update_manifest:
         path = bundle.path / MANIFEST
         man = json.loads(path.read_text())

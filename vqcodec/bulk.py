@@ -802,9 +802,20 @@ class Cluster:
             import dask
 
             env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-                cluster = dd.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                          dashboard_address=None, silence_logs=logging.CRITICAL)  # fmt: skip
+            # the nanny lets this process's environment override its config (and an earlier nanny in
+            # this process left Dask's 65536 there), so both are set while the workers start
+            saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
+            try:
+                os.environ.update(WORKER_MALLOC)
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                    cluster = dd.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                              dashboard_address=None, silence_logs=logging.CRITICAL)  # fmt: skip
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             self.client = dd.Client(cluster)
             self._own = [self.client, cluster]
         return self.client
