@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                                         except VqcFormatError:  # every packet lost: refused, no picture
                                             scores, lost = dict.fromkeys(FIELDS, None), len(rep.dropped)
                                         else:
-                                            scores, lost = ref.score(out), len(report.lost_packets)
+                                            scores, lost = ref.score(out, tuple(FIELDS)), len(report.lost_packets)
                                         dt = time.perf_counter() - t
                                         cache[key] = {"key": key, "image": p.name, "K": k, "loss": loss, "seed": seed,
                                                       "method": method, "lost_packets": lost,
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                                 rows.append(row)
             print(f"{p.name} done ({time.time() - t0:.0f}s)", flush=True)
     with open(args.out / "packet_loss.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), extrasaction="ignore")  # rows cached with block_de too
         w.writeheader()
         w.writerows(rows)
     summary = []

@@ -68,7 +68,7 @@ def _work(args):
             nbytes, rec, enc_s, dec_s = codec.run(img, setting, Path(tmp))
         row = {"codec": codec_name, "setting": setting, "image": Path(path).name, "sig": codec.signature(), "bytes": nbytes,
                "bpp": nbytes * 8 / (img.shape[0] * img.shape[1]), "enc_s": enc_s, "dec_s": dec_s}  # fmt: skip
-        row.update(ref.score(rec))
+        row.update(ref.score(rec, tuple(METRICS)))
         rows.append(row)
     return rows
 
