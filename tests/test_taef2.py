@@ -220,11 +220,16 @@ def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp
     base = bundle.model.config.n_embed
     joint = tiny + ["--out", str(tmp_path / "joint"), "--init-from", str(tmp_path / "b"), "--joint",
                     "--pixel-steps", "0", "--book-lr", "5e-2", "--book-sizes", "8", str(base), "--lr", "1e-2",
-                    "--old-lr-scale", "0.5", "--encoder-lr-scale", "1.0", "--restart-every", "1"]  # fmt: skip
-    autoencoder.main(joint + ["--steps", "2"])
-    autoencoder.main(joint + ["--steps", "4", "--resume"])
+                    "--old-lr-scale", "0.5", "--encoder-lr-scale", "1.0", "--restart-every", "1",
+                    "--colour-weight", "1.0"]  # fmt: skip
+    # the step count carries on from the bundle's (2): two steps, a log row (and a save) after each
+    autoencoder.main(joint + ["--steps", "4", "--ckpt-minutes", "0"])
+    with open(tmp_path / "joint" / "log.csv") as f:
+        colour = [float(r["colour"]) for r in csv.DictReader(f) if r["l1"]]
+    assert len(colour) == 2 and all(c > 0 for c in colour)
+    autoencoder.main(joint + ["--steps", "6", "--resume"])
     state = torch.load(tmp_path / "joint" / "last.ckpt", weights_only=True)
-    assert state["step"] == 4
+    assert state["step"] == 6
     groups = state["opt"]["param_groups"]
     assert [g["lr_scale"] for g in groups[:2]] == [0.5, 1.0]
     own = bundle.model.state_dict()
@@ -236,7 +241,7 @@ def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp
     shipped = load_model(tmp_path / "ft")
     assert shipped.model_id != bundle.model_id
     rec = shipped.manifest["training"]["joint_trained"]
-    assert rec["steps"] == 4 and "retrain" in rec["transformers"]
+    assert rec["steps"] == 6 and "retrain" in rec["transformers"]
     got = shipped.model.state_dict()["quant_conv.weight"].float()
     torch.testing.assert_close(got, state["model"]["quant_conv.weight"].float(), atol=1e-2, rtol=1e-2)  # fp16
     img = make_image(40, 56, seed=5)

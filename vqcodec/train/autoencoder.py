@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of the L1 pixel loss (taming's 1.0); lower trades PSNR for texture the "
                          "perceptual and adversarial losses ask for")
     ap.add_argument("--perceptual-mse", type=float, default=0.0, help="MSE weight in the perceptual/GAN phases")
+    ap.add_argument("--colour-weight", type=float, default=0.0, metavar="W",
+                    help="L1 between the 16x16-block means of input and output (colour and layout, what an index "
+                         "must carry; the GAN may repaint it otherwise): W x that term in every pixel phase")
     ap.add_argument("--decay-start", type=int, default=-1, help="step where the linear LR decay starts (-1: never)")
     ap.add_argument("--decay-steps", type=int, default=0, help="length of the decay to 10 %% of --lr")
     ap.add_argument("--lpips-layers", type=int, default=3)
@@ -520,6 +523,10 @@ class Trainer:
                 rec = F.l1_loss(x_hat, x)
                 loss = args.l1_weight * rec + qloss
                 logs = {"l1": rec.item(), "q": qloss.item()}
+            if args.colour_weight and x_hat is not None:
+                colour = F.l1_loss(F.avg_pool2d(x_hat, 16), F.avg_pool2d(x, 16))
+                loss = loss + args.colour_weight * colour
+                logs["colour"] = colour.item()
             if phase.mse:
                 mse = F.mse_loss(x_hat, x)
                 loss = loss + phase.mse * mse
@@ -667,7 +674,7 @@ class Trainer:
             self._seed_books()
         self.model.train()
         log_path = self.out / "log.csv"
-        fields = ["step", "phase", "seconds", "sec_per_step", "loss", "latent_mse", "l1", "mse", "lpips_vgg", "q", "g", "fm",
+        fields = ["step", "phase", "seconds", "sec_per_step", "loss", "latent_mse", "l1", "colour", "mse", "lpips_vgg", "q", "g", "fm",
                   "d", "restarted", "val_psnr", "val_lpips_vgg", "val_usage", "train_usage"]  # fmt: skip
         fields += [f"val_{m}_k{k}" for k in VAL_KS for m in ("psnr", "lpips_vgg")] if self.books else []
         new = not log_path.exists()
