@@ -54,7 +54,7 @@ from vqcodec.nets.autoencoder import (
     native_bf16,
 )
 from vqcodec.nets.discriminator import PatchDiscriminator
-from vqcodec.nets.quantizers import reseed_dead_codes
+from vqcodec.nets.quantizers import record_usage, reseed_dead_codes, straight_through
 from vqcodec.nets.taef2 import squash
 from vqcodec.train.data import CropStream, center_crops, list_images, load_rgb, split_holdout
 
@@ -584,22 +584,19 @@ class Trainer:
     def _joint_quantize(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``--joint``: ``z`` quantized by book ``k``. The decoder gets the code vectors with the
         encoder's gradient passed straight through (and, with ``--book-lr``, the book's own), plus
-        the codebook + commitment loss towards that book; the base book's usage is counted every
-        step (the encoder's vectors against it), for its dead-code restarts."""
+        VQ-VAE's codebook + commitment loss towards that book; the base book's usage is counted every
+        step in the model's own quantizer (the encoder's vectors against it), for its dead-code restarts."""
         q = self.model.quantize
         book = self.books[k]
+        base_k = self.model.config.n_embed
         b, c, h, w = z.shape
         flat = q._prep(z.permute(0, 2, 3, 1).reshape(-1, c).float())
         with torch.no_grad():
             idx = q._nearest(flat, book.detach())
-            base = self.books[self.model.config.n_embed].detach()
-            base_idx = idx if k == self.model.config.n_embed else q._nearest(flat, base)
-            counts = torch.bincount(base_idx, minlength=base.shape[0]).float()
-            self.base_usage = getattr(self, "base_usage", torch.zeros_like(counts)).mul_(0.99).add_(counts, alpha=0.01)
-            self.usage_steps = getattr(self, "usage_steps", 0) + 1
-            self.recent = flat[torch.randperm(flat.shape[0], device=flat.device)[:4096]].detach()
+            record_usage(q, idx if k == base_k else q._nearest(flat, self.books[base_k].detach()), flat)
+        self.usage_steps = getattr(self, "usage_steps", 0) + 1
         codes = q.codes(book)[idx]
-        loss = F.mse_loss(codes, flat.detach()) + q.beta * F.mse_loss(flat, codes.detach())
+        _, loss = straight_through(flat, codes, q.beta)
         z_q = codes + (flat - flat.detach())  # value: the code; gradient: to the code and to the encoder
         return z_q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(z.dtype), loss
 
@@ -607,11 +604,10 @@ class Trainer:
     def _restart_base_book(self) -> int:
         """``--joint``: re-seed the base book's dead codes (usage EMA below 1e-3) from recent encoder
         vectors, as the plain trainer does for the model's own book."""
-        base = self.books[self.model.config.n_embed]
-        usage = getattr(self, "base_usage", None)
-        if usage is None or self.usage_steps < self.args.restart_every:  # e.g. just resumed: not yet counted
+        q = self.model.quantize
+        if getattr(self, "usage_steps", 0) < self.args.restart_every:  # e.g. just resumed: not yet counted
             return 0
-        return reseed_dead_codes(base, usage, getattr(self, "recent", None), 1e-3)
+        return reseed_dead_codes(self.books[self.model.config.n_embed], q.usage, getattr(q, "_last_latents", None), 1e-3)
 
     def _reduce_book_grads(self) -> None:
         """DDP with ``--book-lr``: each replica drew its own book, so each reduces every trained

@@ -64,10 +64,10 @@ def take_decoder(model, ckpt: Path, state: dict | None = None) -> tuple[torch.nn
         grown = build_autoencoder(cfg).eval()
         grown.load_state_dict(model.state_dict(), strict=False)
         model = grown
-    own = model.state_dict()
-    for name, t in own.items() if not is_joint(state) else ():
-        if name.startswith(FROZEN) and not torch.equal(sd[name].float(), t.float()):
-            raise SystemExit(f"{ckpt}: {name} differs from the bundle's: not a --decoder-only run of this bundle")
+    if not is_joint(state):  # a --joint run brings its own encoder and base book
+        for name, t in model.state_dict().items():
+            if name.startswith(FROZEN) and not torch.equal(sd[name].float(), t.float()):
+                raise SystemExit(f"{ckpt}: {name} differs from the bundle's: not a --decoder-only run of this bundle")
     model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("usage")}, strict=False)
     return model, {"checkpoint": str(ckpt), "steps": int(state["step"]), "seconds": round(float(state["elapsed"])),
             "args": state.get("args", {})}  # fmt: skip
