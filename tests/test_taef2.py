@@ -254,6 +254,45 @@ def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp
 
 
 @needs_taef2
+@pytest.mark.parametrize("quantizer", ["looc", "dual"])
+def test_joint_with_looc_or_dual_trains_its_own_ladder_and_exports_it(photos, tmp_path, quantizer):  # noqa: F811
+    """``--joint --quantizer looc|dual`` from a plain bundle (issue 31's fair comparison): the new
+    quantizer's books are seeded, its reduced books (any K, e.g. 3) are made from the same vectors
+    and trained beside the encoder and the quantizer's own book; ``--resume`` keeps them, and
+    ``vqc export`` ships exactly those books, whose files round-trip."""
+    tiny, _ = _tiny_bundle(photos, tmp_path)
+    joint = tiny + ["--out", str(tmp_path / "j"), "--init-from", str(tmp_path / "b"), "--joint",
+                    "--quantizer", quantizer, "--codebook-size", "8", "--pixel-steps", "0", "--book-lr", "5e-2",
+                    "--book-sizes", "3", "4", "8", "--lr", "1e-2", "--restart-every", "1"]  # fmt: skip
+    torch.manual_seed(0)
+    autoencoder.main(joint + ["--steps", "4", "--ckpt-minutes", "0"])
+    first = torch.load(tmp_path / "j" / "last.ckpt", weights_only=True)
+    assert sorted(first["books"]) == ["3", "4"] and first["config"]["quantizer"] == quantizer
+    own = {n: v for n, v in first["model"].items() if n.startswith("quantize.") and not n.endswith("usage")}
+    autoencoder.main(joint + ["--steps", "8", "--resume"])
+    state = torch.load(tmp_path / "j" / "last.ckpt", weights_only=True)
+    assert state["step"] == 8
+    assert not torch.equal(state["books"]["3"], first["books"]["3"])  # the reduced books train
+    assert any(not torch.equal(state["model"][n], v) for n, v in own.items())  # and the quantizer's own
+    lr_scales = [g["lr_scale"] for g in state["opt"]["param_groups"]]
+    assert lr_scales.count(5e-2 / 1e-2) == 2  # the own book (+ dual's transformer) and the reduced books
+    codebooks.main([str(tmp_path / "j" / "last.ckpt"), "--out", str(tmp_path / "x"), "--name", "tx", "--arch",
+                    "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
+    shipped = load_model(tmp_path / "x")
+    assert shipped.codebook_sizes == [3, 4, 8] and shipped.model.quantize.m == 2
+    torch.testing.assert_close(shipped.codebook(3).float(), state["books"]["3"].float(), atol=1e-2, rtol=0)  # fp16
+    assert "--joint" in shipped.manifest["training"]["reduction"]
+    img = make_image(40, 56, seed=5)
+    for k in (3, 8):
+        assert codec.decode(codec.encode(img, codebook_size=k, model=shipped), model=shipped).shape == img.shape
+    with pytest.raises(SystemExit, match="--book-sizes \\[9\\]"):
+        autoencoder.main(joint + ["--out", str(tmp_path / "y"), "--book-sizes", "9", "--steps", "1"])
+    with pytest.raises(SystemExit, match="--decoder-only keeps the bundle's quantizer"):
+        autoencoder.main(tiny + ["--out", str(tmp_path / "z"), "--init-from", str(tmp_path / "b"), "--decoder-only",
+                                 "--quantizer", quantizer, "--steps", "1"])  # fmt: skip
+
+
+@needs_taef2
 def test_book_lr_under_ddp_keeps_the_replicas_books_equal(photos, tmp_path):  # noqa: F811
     """Two gloo processes draw different books per step; every trained book is still reduced on
     both (zeros where not drawn), so the replicas end with the same books and weights."""

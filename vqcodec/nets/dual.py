@@ -121,16 +121,17 @@ class DualCodebookVQ(nn.Module):
         q = torch.cat([F.embedding(indices[:, 0], g), F.embedding(indices[:, 1], loc)], dim=-1)
         return q.permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass, as ``LoocVQ.forward``; ``codebook`` a (2, K, d/2) reduced book (``--joint``)."""
         b, _, h, w = z.shape
-        g, loc = self.global_codes(), self.local_embedding.weight
+        g, loc = self.books(codebook)
         zg, zl = self._halves(z)
         flat = torch.cat([zg, zl], dim=1)
         with torch.no_grad():
-            ig, il = nearest_euclidean(zg, g), nearest_euclidean(zl, loc)
+            ig, il = nearest_euclidean(zg, g.detach()), nearest_euclidean(zl, loc.detach())
         q = torch.cat([F.embedding(ig, g), F.embedding(il, loc)], dim=1)
         q_st, loss = straight_through(flat, q, self.beta)
-        if self.training:
+        if self.training and codebook is None:
             with torch.no_grad():
                 for j, i in enumerate((ig, il)):
                     self.usage[j].mul_(0.99).add_(torch.bincount(i, minlength=self.codebook_size).float(), alpha=0.01)

@@ -127,16 +127,19 @@ class LoocVQ(nn.Module):
         q = F.embedding(idx.permute(0, 2, 3, 1).reshape(-1), self.codes(codebook))
         return self._assemble(q, b, hh, ww)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: ``(z_q, codebook + commitment loss, indices)`` with straight-through gradients."""
+    def forward(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: ``(z_q, codebook + commitment loss, indices)`` with straight-through gradients.
+        ``codebook`` (``vqc train --joint``: a reduced book as a trainable leaf) replaces the
+        trained one; its use is not counted towards the trained book's dead-code restarts."""
         zz = self._prep(z)
         b, _, hh, ww = zz.shape
         flat = self._split(zz)
+        codes = self.codes(codebook)
         with torch.no_grad():
-            idx = nearest_euclidean(flat, self.codes())
-        q = F.embedding(idx, self.codes())
+            idx = nearest_euclidean(flat, codes.detach())
+        q = F.embedding(idx, codes)
         q_st, loss = straight_through(flat, q, self.beta)
-        if self.training:
+        if self.training and codebook is None:
             record_usage(self, idx, flat, per=self.m)
         return self._assemble(q_st, b, hh, ww), loss, self._planes(idx, b, hh, ww)
 

@@ -256,11 +256,17 @@ class Trainer:
             self.model.encoder.taef2.requires_grad_(False)
         elif args.latent_steps > self.step:
             raise SystemExit("--latent-steps needs the taef2 backbone (with its encoder frozen)")
+        if args.decoder_only and self.seed_books:
+            raise SystemExit("--decoder-only keeps the bundle's quantizer and books: drop --quantizer/--m/--codebook-size")
         if args.decoder_only or args.joint:
-            if not self.books:
+            if not self.books and not self.seed_books:
                 raise SystemExit("--decoder-only and --joint need --init-from <bundle> (or --resume of such a run)")
-            if unknown := sorted(set(args.book_sizes or ()) - set(self.books)):
-                raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(self.books)}")
+            base = self.model.quantize.codebook_size
+            if self.seed_books:  # a new quantizer: its reduced books are made from the ladder (run())
+                if bad := sorted(k for k in args.book_sizes or () if not 2 <= k <= base):
+                    raise SystemExit(f"--book-sizes {bad}: the new quantizer's books hold 2 ... {base} codes")
+            elif unknown := sorted(set(args.book_sizes or ()) - set(self.books) - {base}):
+                raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(set(self.books) | {base})}")
         if args.decoder_only:
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
@@ -275,14 +281,29 @@ class Trainer:
         enc = set()  # --joint --encoder-lr-scale: the encoder's own group
         if self.args.joint and self.args.encoder_lr_scale is not None:
             enc = {n for n in params if n.startswith(("encoder.", "quant_conv.")) and n not in new}
-        groups = [{"params": [p for n, p in params.items() if n not in new | enc], "lr_scale": self.args.old_lr_scale}]
+        own = set()  # --joint with LooC/dual and --book-lr: the quantizer's own book(s) (dual: and its transformer)
+        if self._native_base() and self.args.book_lr:
+            own = {n for n in params if n.startswith("quantize.")}
+        groups = [{"params": [p for n, p in params.items() if n not in new | enc | own], "lr_scale": self.args.old_lr_scale}]
         if enc:
             groups.append({"params": [params[n] for n in params if n in enc], "lr_scale": self.args.encoder_lr_scale})
-        if new:
-            groups.append({"params": [p for n, p in params.items() if n in new], "lr_scale": 1.0})
+        if new - own:
+            groups.append({"params": [p for n, p in params.items() if n in new - own], "lr_scale": 1.0})
+        if own:
+            groups.append({"params": [params[n] for n in params if n in own], "lr_scale": self.args.book_lr / self.args.lr})
         if tuned := self._tuned_books():
             groups.append({"params": tuned, "lr_scale": self.args.book_lr / self.args.lr})
         return torch.optim.AdamW(groups, lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+
+    def _native_base(self) -> bool:
+        """``--joint`` with a LooC or dual quantizer: its base book is the quantizer's own (trained by
+        its own forward: LooC's usage counts, dual's book transformer), the reduced books are leaves
+        in ``self.books``; plain VQ keeps every book, the base one included, in ``self.books``."""
+        return bool(self.args.joint) and self.model.config.quantizer != "vq"
+
+    def _ladder(self) -> list[int]:
+        """The K a ``--decoder-only`` / ``--joint`` step draws from (``--book-sizes``, else every book)."""
+        return self.args.book_sizes or sorted(set(self.books) | {self.model.quantize.codebook_size})
 
     def _tuned_books(self) -> list[torch.Tensor]:
         """``--book-lr``: the reduced books as trainable leaves, in K order (the optimizer's group
@@ -348,6 +369,11 @@ class Trainer:
         books = [kmeans(p.float(), q.codebook_size, generator=g) for p in parts]
         q.init_books(books)
         self.log(f"seeded the {type(q).__name__} books by K-means of {parts[0].shape[0]} encoder vectors")
+        if self.args.joint:  # its reduced books, from the same vectors; the optimizer then takes them
+            for k in sorted(set(self._ladder()) - {q.codebook_size}):
+                self.books[k] = q.join_books([kmeans(p.float(), k, generator=g) for p in parts]).to(self.device)
+            self.opt = self._optimizer()
+            self.log(f"--joint: reduced books K = {sorted(self.books)} by K-means of the same vectors")
 
     # ---------------------------------------------------------------- state
     def _start(self) -> None:
@@ -389,7 +415,7 @@ class Trainer:
             self._identity_blocks(missing)
             trainable = dict(self.model.named_parameters())  # missing_keys also lists buffers
             self.new_params = [n for n in missing if n in trainable]
-            if self.args.decoder_only or self.args.joint:  # before the optimizer: with --book-lr the books join it
+            if (self.args.decoder_only or self.args.joint) and not self.seed_books:  # before the optimizer: with --book-lr the books join it
                 from vqcodec.zoo import load_model
 
                 books = load_model(self.args.init_from).codebooks
@@ -507,11 +533,11 @@ class Trainer:
                 logs = {"latent_mse": rec.item(), "q": qloss.item()}
                 x_hat = None
             elif self.books and args.joint:  # --joint: a random book, the encoder learns through it
-                k = random.choice(self.args.book_sizes or sorted(self.books))
+                k = random.choice(self._ladder())
                 z_q, qloss = self._joint_quantize(model.encode_latent(x), k)
                 x_hat = model.decode_latent(z_q)
             elif self.books:  # --decoder-only: frozen encoder, a random book, no codebook loss
-                book = self.books[random.choice(self.args.book_sizes or sorted(self.books))]
+                book = self.books[random.choice(self._ladder())]
                 with torch.no_grad():
                     idx = model.quantize.quantize(model.encode_latent(x), book.detach())
                 z_q = model.quantize.dequantize(idx, book)  # --book-lr: the loss reaches the book's codes
@@ -587,6 +613,8 @@ class Trainer:
         VQ-VAE's codebook + commitment loss towards that book; the base book's usage is counted every
         step in the model's own quantizer (the encoder's vectors against it), for its dead-code restarts."""
         q = self.model.quantize
+        if self._native_base():
+            return self._joint_quantize_native(z, k)
         book = self.books[k]
         base_k = self.model.config.n_embed
         b, c, h, w = z.shape
@@ -600,6 +628,20 @@ class Trainer:
         z_q = codes + (flat - flat.detach())  # value: the code; gradient: to the code and to the encoder
         return z_q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(z.dtype), loss
 
+    def _joint_quantize_native(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_joint_quantize`` for LooC and dual: the quantizer's own training pass on book ``k``
+        (None: its own), with the decoder's gradient also reaching the codes, as for plain VQ;
+        the own book's usage is counted every step (a no-grad pass when a reduced book is drawn)."""
+        q = self.model.quantize
+        book = None if k == q.codebook_size else self.books[k]
+        if book is not None:
+            with torch.no_grad():
+                q(z.detach().float())
+        z_q, loss, idx = q(z.float(), book)
+        codes = q.dequantize(idx, book)
+        self.usage_steps = getattr(self, "usage_steps", 0) + 1
+        return (z_q + (codes - codes.detach())).to(z.dtype), loss
+
     @torch.no_grad()
     def _restart_base_book(self) -> int:
         """``--joint``: re-seed the base book's dead codes (usage EMA below 1e-3) from recent encoder
@@ -607,6 +649,8 @@ class Trainer:
         q = self.model.quantize
         if getattr(self, "usage_steps", 0) < self.args.restart_every:  # e.g. just resumed: not yet counted
             return 0
+        if self._native_base():
+            return q.restart_dead_codes()
         return reseed_dead_codes(self.books[self.model.config.n_embed], q.usage, getattr(q, "_last_latents", None), 1e-3)
 
     def _reduce_book_grads(self) -> None:

@@ -103,32 +103,41 @@ def plane_tables(
     return out
 
 
+def split_book(book: torch.Tensor) -> list[torch.Tensor]:
+    """A joined book (``join_books``) back into its parts: a dual book is (2, K, d/2), one per
+    half; every other quantizer's is one (K, d) matrix."""
+    return list(book) if book.dim() == 3 else [book]
+
+
 def build_books(
-    model: VQAutoencoder, latents: torch.Tensor | list[torch.Tensor], sizes=SIZES, seed: int = 0
-) -> tuple[dict[int, torch.Tensor], dict[int, FrequencyTable], dict[int, dict]]:
+    model: VQAutoencoder, latents: torch.Tensor | list[torch.Tensor], sizes=SIZES, seed: int = 0,
+    given: dict[int, torch.Tensor] | None = None,
+) -> tuple[dict[int, torch.Tensor], dict[int, FrequencyTable], dict[int, dict]]:  # fmt: skip
     """Reduced codebooks, frequency tables and statistics for every K in ``sizes``.
 
     ``latents`` is ``collect_parts``'s list (any quantizer) or, for plain VQ, ``collect_latents``'s
     tensor. Each book of the quantizer is reduced on its own (LooC: the one shared sub-vector book;
     dual: the transformed global book and the local book), so a K-book has K codes per part and
     costs m * log2(K) bits per position before entropy coding. One frequency table per K counts
-    the indices of every plane together.
+    the indices of every plane together. ``given`` books (a ``vqc train --joint`` run's, which its
+    decoder learnt on) are kept as they are instead of re-derived; their K need not be in ``sizes``.
     """
+    given = given or {}
     q = model.quantize
     parts = [latents] if isinstance(latents, torch.Tensor) else list(latents)
     bases = q.base_books()
     if len(parts) != len(bases):
         raise ValueError(f"{len(parts)} latent parts for {len(bases)} books: use collect_parts")
     k0 = bases[0].shape[0]
-    sizes = [k for k in sizes if k <= k0]
+    sizes = sorted({k for k in sizes if k <= k0} | set(given))
     usages = [
         np.bincount(q.nearest(p, b, j).numpy(), minlength=k0) for j, (p, b) in enumerate(zip(parts, bases, strict=True))
     ]
     books, tables, stats = {}, {}, {}
     for k in sizes:
-        per_part = [
+        per_part = split_book(given[k].float()) if k in given else [
             b if k == k0 else reduce_codebook(b, u, k, q.part_cosine, seed) for b, u in zip(bases, usages, strict=True)
-        ]
+        ]  # fmt: skip
         idx = np.concatenate([q.nearest(p, b, j).numpy() for j, (p, b) in enumerate(zip(parts, per_part, strict=True))])
         table = FrequencyTable.from_indices(idx, k)
         books[k], tables[k] = q.join_books(per_part), table
@@ -170,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
     images = [load_rgb(files[i], args.max_side) for i in pick]
     maps = collect_maps(model, images)
-    books, tables, stats = build_books(model, collect_parts(model, images, maps))
+    joint = state.get("args", {}).get("joint") == "True"  # its decoder learnt on its own reduced books: keep them
+    given = {int(k): v for k, v in state.get("books", {}).items()} if joint else {}
+    sizes = sorted(given) + [model.quantize.codebook_size] if given else SIZES
+    books, tables, stats = build_books(model, collect_parts(model, images, maps), sizes, given=given)
     planes = plane_tables(model, maps, books) if model.quantize.m > 1 else None
     for k, ts in (planes or {}).items():
         n = sum(int(t.counts.sum()) for t in ts)  # bits per index with the per-plane tables, for the record
@@ -183,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         "args": state.get("args", {}),
         "codebook_stats": {str(k): v for k, v in stats.items()},
         "statistics_images": len(images),
-        "reduction": "usage-weighted K-means (scikit-learn, n_init=4, seed 0) of each base codebook",
+        "reduction": "the books vqc train --joint trained (its step-drawn ladder)" if given else
+        "usage-weighted K-means (scikit-learn, n_init=4, seed 0) of each base codebook",
         "quantizer": quantizer_record(model.quantize),
         "finetuned": False,
         **({"note": args.note} if args.note else {}),
