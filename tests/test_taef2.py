@@ -254,12 +254,13 @@ def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp
 
 
 @needs_taef2
-@pytest.mark.parametrize("quantizer", ["looc", "dual"])
-def test_joint_with_looc_or_dual_trains_its_own_ladder_and_exports_it(photos, tmp_path, quantizer):  # noqa: F811
-    """``--joint --quantizer looc|dual`` from a plain bundle (issue 31's fair comparison): the new
-    quantizer's books are seeded, its reduced books (any K, e.g. 3) are made from the same vectors
-    and trained beside the encoder and the quantizer's own book; ``--resume`` keeps them, and
-    ``vqc export`` ships exactly those books, whose files round-trip."""
+@pytest.mark.parametrize("quantizer", ["looc", "dual", "vq"])
+def test_joint_with_a_new_quantizer_trains_its_own_ladder_and_exports_it(photos, tmp_path, quantizer):  # noqa: F811
+    """``--joint --quantizer looc|dual`` from a plain bundle (issue 31's fair comparison; ``vq``:
+    a new plain book of another size): the new quantizer's books are seeded, its reduced books
+    (any K, e.g. 3) are made from the same vectors and trained beside the encoder and the
+    quantizer's own book; ``--resume`` keeps them, and ``vqc export`` ships exactly those books,
+    whose files round-trip."""
     tiny, _ = _tiny_bundle(photos, tmp_path)
     joint = tiny + ["--out", str(tmp_path / "j"), "--init-from", str(tmp_path / "b"), "--joint",
                     "--quantizer", quantizer, "--codebook-size", "8", "--pixel-steps", "0", "--book-lr", "5e-2",
@@ -279,7 +280,7 @@ def test_joint_with_looc_or_dual_trains_its_own_ladder_and_exports_it(photos, tm
     codebooks.main([str(tmp_path / "j" / "last.ckpt"), "--out", str(tmp_path / "x"), "--name", "tx", "--arch",
                     "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
     shipped = load_model(tmp_path / "x")
-    assert shipped.codebook_sizes == [3, 4, 8] and shipped.model.quantize.m == 2
+    assert shipped.codebook_sizes == [3, 4, 8] and shipped.model.quantize.m == (1 if quantizer == "vq" else 2)
     torch.testing.assert_close(shipped.codebook(3).float(), state["books"]["3"].float(), atol=1e-2, rtol=0)  # fp16
     assert "--joint" in shipped.manifest["training"]["reduction"]
     img = make_image(40, 56, seed=5)
@@ -289,7 +290,7 @@ def test_joint_with_looc_or_dual_trains_its_own_ladder_and_exports_it(photos, tm
         autoencoder.main(joint + ["--out", str(tmp_path / "y"), "--book-sizes", "9", "--steps", "1"])
     with pytest.raises(SystemExit, match="--decoder-only keeps the bundle's quantizer"):
         autoencoder.main(tiny + ["--out", str(tmp_path / "z"), "--init-from", str(tmp_path / "b"), "--decoder-only",
-                                 "--quantizer", quantizer, "--steps", "1"])  # fmt: skip
+                                 "--quantizer", quantizer, "--codebook-size", "8", "--steps", "1"])  # fmt: skip
 
 
 @needs_taef2

@@ -188,14 +188,16 @@ class CosineVQ(nn.Module):
         q = F.embedding(indices[:, 0], self.codes(codebook))
         return q.permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, codebook: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass; ``codebook`` (a reduced book as a trainable leaf) replaces the trained one
+        and is not counted towards its dead-code restarts."""
         b, c, h, w = z.shape
         flat = self._prep(z.permute(0, 2, 3, 1).reshape(-1, c))
         with torch.no_grad():
-            idx = self._nearest(flat)
-        q = F.embedding(idx, self.codes())
+            idx = self._nearest(flat, None if codebook is None else codebook.detach())
+        q = F.embedding(idx, self.codes(codebook))
         q_st, loss = straight_through(flat, q, self.beta)
-        if self.training:
+        if self.training and codebook is None:
             record_usage(self, idx, flat)
         z_q = q_st.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return z_q, loss, idx.view(b, 1, h, w)

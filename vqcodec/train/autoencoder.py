@@ -296,10 +296,11 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.args.lr, betas=(0.5, 0.9), weight_decay=0.0)
 
     def _native_base(self) -> bool:
-        """``--joint`` with a LooC or dual quantizer: its base book is the quantizer's own (trained by
-        its own forward: LooC's usage counts, dual's book transformer), the reduced books are leaves
-        in ``self.books``; plain VQ keeps every book, the base one included, in ``self.books``."""
-        return bool(self.args.joint) and self.model.config.quantizer != "vq"
+        """``--joint`` after a quantizer swap (LooC, dual, or another plain book): the base book is the
+        quantizer's own, trained by its own forward (LooC's usage counts, dual's book transformer),
+        and only the reduced books are leaves in ``self.books``; a plain run from a plain bundle keeps
+        every book, the base one included, in ``self.books`` (so this holds across ``--resume``)."""
+        return bool(self.args.joint) and self.model.quantize.codebook_size not in self.books
 
     def _ladder(self) -> list[int]:
         """The K a ``--decoder-only`` / ``--joint`` step draws from (``--book-sizes``, else every book)."""
