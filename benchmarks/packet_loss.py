@@ -15,6 +15,10 @@ a markdown table.
     python benchmarks/packet_loss.py                                  # K 16/64/256, 5 rates, 3 seeds
     python benchmarks/packet_loss.py --ks 64 --losses 0 0.3 --seeds 1 --limit 4
     python benchmarks/packet_loss.py --ks 64 --parities 0 2 4 --bursts 1 4 --losses 0 0.1 0.3 0.6
+    python benchmarks/packet_loss.py --ks 8 64 256 1024 --parities 0 2 4 --parity-ks 8 64 1024 ...
+
+Besides the full table it prints, per loss model, the best method's LPIPS for every (K, parity)
+setting ordered by the file's bytes: "K=64 + 4 parity" against "K=256, no parity" at a glance.
 
 Every measurement is appended to ``cache.jsonl`` in ``--out`` as it is made, keyed by image, K,
 loss, seed and method: an interrupted run resumes, and runs over disjoint ``--ks`` can go in
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--packets", type=int, default=16)
     ap.add_argument("--parities", type=int, nargs="*", default=[0], help="parity packets R to try")
+    ap.add_argument("--parity-ks", type=int, nargs="*", default=None, metavar="K",
+                    help="try parities above 0 only at these K (default: every K); e.g. K=256 without parity "
+                         "as the equal-bytes rival of K=64 with parity")
     ap.add_argument("--bursts", type=float, nargs="*", default=[1.0], help="mean burst lengths (1: independent)")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every method the bundle supports")
     ap.add_argument("--limit", type=int, default=0)
@@ -92,12 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     clean: dict[tuple[str, int], dict] = {}  # (image, K) -> scores of the loss-free picture
     t0 = time.time()
     settings = [(r, b) for r in args.parities for b in args.bursts]
+
+    def settings_at(k: int) -> list[tuple[int, float]]:
+        return [(r, b) for r, b in settings if r == 0 or args.parity_ks is None or k in args.parity_ks]
+
     with open(cache_path, "a") as cf:
         for p in images:
             img = None
             for k in args.ks:
                 enc = None
-                for parity, burst in settings:
+                for parity, burst in settings_at(k):
                     data = None
                     # parity 0 + independent loss keep the keys (and loss patterns) of earlier runs
                     extra = (f"|r{parity}" if parity else "") + (f"|b{burst:g}" if burst != 1 else "")
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         w.writerows(rows)
     summary = []
     for k in args.ks:
-        for parity, burst in settings:
+        for parity, burst in settings_at(k):
             for loss in args.losses:
                 for method in methods:
                     sel = [r for r in rows if r["K"] == k and r["loss"] == loss and r["method"] == method
@@ -181,31 +192,63 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {s['K']} | {s['parity']} | {s['burst']:g} | {s['loss']:.1f} | {s['method']} | {s['bytes']:.0f} | "
               f"{s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} | {s['refused']} | "
               f"{s['decode_s']:.2f} |")  # fmt: skip
+    equal_bytes_table(summary, args.losses)
+    plot(summary, args.ks, args.bursts, args.parities, methods, args.out / "packet_loss_lpips.png")
+
+
+def equal_bytes_table(summary: list[dict], losses: list[float]) -> None:
+    """Every (K, parity) setting of the best method at each loss rate, ordered by bytes, so that
+    redundancy and a larger K can be weighed at equal cost (e.g. K=64 + 4 parity against K=256)."""
+    lossy = [x for x in losses if x > 0]
+    if not lossy:
+        return
+    for burst in sorted({s["burst"] for s in summary}):
+        print(f"\nLPIPS-Alex of the best method, {'independent' if burst == 1 else f'burst (mean {burst:g})'} loss, "
+              "by bytes:")  # fmt: skip
+        print("| K | parity | bytes | " + " | ".join(f"{x:.0%}" for x in [0.0, *lossy]) + " |")
+        print("|---|---|---|" + "---|" * (1 + len(lossy)))
+        for k, parity in sorted({(s["K"], s["parity"]) for s in summary if s["burst"] == burst},
+                                key=lambda kp: min(s["bytes"] for s in summary if (s["K"], s["parity"]) == kp)):  # fmt: skip
+            sel = [s for s in summary if (s["K"], s["parity"], s["burst"]) == (k, parity, burst)]
+            best = [min((s["lpips"] for s in sel if s["loss"] == x and s["n"]), default=float("nan"))
+                    for x in [0.0, *lossy]]  # fmt: skip
+            print(f"| {k} | {parity} | {np.mean([s['bytes'] for s in sel]):.0f} | "
+                  + " | ".join(f"{v:.4f}" for v in best) + " |")
+
+
+def plot(summary: list[dict], ks: list[int], bursts: list[float], parities: list[int], methods: list[str],
+         path: Path) -> None:  # fmt: skip
+    """LPIPS against loss rate: one panel per K (rows) and loss model (columns); colour = method,
+    line style = parity count, the legend gives each setting's bytes."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(args.bursts), figsize=(7 * len(args.bursts), 5), squeeze=False)
-        for ax, burst in zip(axes[0], args.bursts, strict=True):
-            for k in args.ks:
-                for parity in args.parities:
-                    for method in methods:
-                        pts = [s for s in summary if s["K"] == k and s["method"] == method and s["parity"] == parity
-                               and s["burst"] == burst]  # fmt: skip
-                        ax.plot([s["loss"] for s in pts], [s["lpips"] for s in pts], marker="o",
-                                label=f"K={k} R={parity} {method} ({pts[0]['bytes']:.0f} B)")  # fmt: skip
-            ax.set_title("independent loss" if burst == 1 else f"burst loss, mean length {burst:g}")
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    styles = ["-", "--", ":", "-."]
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(len(ks), len(bursts), figsize=(6.5 * len(bursts), 4.2 * len(ks)), squeeze=False)
+    for row, k in zip(axes, ks, strict=True):
+        for ax, burst in zip(row, bursts, strict=True):
+            for j, parity in enumerate(parities):
+                for method in methods:
+                    pts = [s for s in summary if s["K"] == k and s["method"] == method and s["parity"] == parity
+                           and s["burst"] == burst]  # fmt: skip
+                    if pts:
+                        ax.plot([s["loss"] for s in pts], [s["lpips"] for s in pts], styles[j % len(styles)],
+                                marker="o", ms=3, color=colours[method],
+                                label=f"{method}, R={parity} ({pts[0]['bytes']:.0f} B)")  # fmt: skip
+            kind = "independent loss" if burst == 1 else f"burst loss, mean length {burst:g}"
+            ax.set_title(f"K={k}, {kind}")
             ax.set_xlabel("packet loss rate")
             ax.set_ylabel("LPIPS-Alex (lower is better)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.out / "packet_loss_lpips.png", dpi=110)
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
-
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 if __name__ == "__main__":
     main()

@@ -78,7 +78,15 @@ def test_packet_loss_benchmark_parity_and_bursts(bundle_with_transformers, tmp_p
     assert rebuilt and all(r["psnr"] in clean for r in rebuilt)  # at most 2 lost: rebuilt exactly
     summary = list(csv.DictReader(open(tmp_path / "out" / "packet_loss_summary.csv")))
     assert {(r["parity"], r["burst"]) for r in summary} == {("0", "1.0"), ("0", "3.0"), ("2", "1.0"), ("2", "3.0")}
-    assert "| parity | burst |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| parity | burst |" in out and "by bytes:" in out
+    table = out.split("independent loss, by bytes:")[1].split("\n\n")[0]
+    assert table.index("| 16 | 0 |") < table.index("| 16 | 2 |")  # ordered by bytes
+    pl.main(["--model", str(bundle_with_transformers), "--data", str(data), "--ks", "8", "16", "--losses", "0",
+             "0.2", "--seeds", "1", "--packets", "8", "--parities", "0", "2", "--parity-ks", "16",
+             "--methods", "neighbour", "--out", str(tmp_path / "out2")])  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "out2" / "packet_loss.csv")))
+    assert {(r["K"], r["parity"]) for r in rows} == {("8", "0"), ("16", "0"), ("16", "2")}
 
 
 def test_entropy_benchmark_reports_every_mode(bundle_with_transformers, tmp_path, capsys):
