@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vqcodec import codec
 from vqcodec.nets.autoencoder import build_autoencoder, native_bf16
@@ -251,6 +252,34 @@ def test_joint_trains_encoder_books_and_decoder_and_ships_them_whole(photos, tmp
         autoencoder.main(joint + ["--out", str(tmp_path / "x"), "--decoder-only", "--steps", "1"])
     with pytest.raises(SystemExit, match="--encoder-lr-scale needs --joint"):
         autoencoder.main(tiny + ["--out", str(tmp_path / "y"), "--encoder-lr-scale", "1.0", "--steps", "1"])
+
+
+@needs_taef2
+def test_joint_commitment_to_the_base_book(photos, tmp_path):  # noqa: F811
+    """``--commit-to base``: on a reduced book's step the decoder still gets that book's codes,
+    but the encoder is pulled towards the base book's nearest code; on the base book's own step
+    nothing changes. LooC/dual runs refuse it (their base book is the quantizer's own)."""
+    tiny, bundle = _tiny_bundle(photos, tmp_path)
+    base = bundle.model.config.n_embed
+    flags = tiny + ["--out", str(tmp_path / "j"), "--init-from", str(tmp_path / "b"), "--joint", "--steps", "3"]
+    drawn = autoencoder.Trainer(autoencoder.build_parser().parse_args(flags))
+    to_base = autoencoder.Trainer(autoencoder.build_parser().parse_args(flags + ["--commit-to", "base"]))
+    z = torch.randn(2, bundle.model.config.embed_dim, 3, 4)
+    for k, same in ((8, False), (base, True)):
+        zq_d, loss_d = drawn._joint_quantize(z, k)
+        zq_b, loss_b = to_base._joint_quantize(z, k)
+        torch.testing.assert_close(zq_d, zq_b)  # what the decoder sees does not change
+        assert torch.equal(loss_d, loss_b) == same
+    q = to_base.model.quantize
+    flat = q._prep(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+    book8, book0 = q.codes(to_base.books[8]), q.codes(to_base.books[base])
+    want = F.mse_loss(book8[q._nearest(flat, to_base.books[8])], flat) + q.beta * F.mse_loss(
+        flat, book0[q._nearest(flat, to_base.books[base])])  # fmt: skip
+    torch.testing.assert_close(to_base._joint_quantize(z, 8)[1], want)
+    with pytest.raises(SystemExit, match="--commit-to base"):
+        autoencoder.main(flags + ["--out", str(tmp_path / "x"), "--commit-to", "base", "--quantizer", "looc"])
+    with pytest.raises(SystemExit, match="--commit-to needs --joint"):
+        autoencoder.main(tiny + ["--out", str(tmp_path / "y"), "--commit-to", "base", "--steps", "1"])
 
 
 @needs_taef2

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --init-from: encoder, decoder and (with --book-lr) every book of the bundle, the "
                          "base one included, train together; each step draws a book as --decoder-only does and "
                          "the encoder learns through it (straight-through + commitment loss)")
+    ap.add_argument("--commit-to", choices=["drawn", "base"], default="drawn",
+                    help="with --joint (plain VQ): the commitment loss pulls the encoder towards the drawn book's "
+                         "code (VQ-VAE's) or the base book's nearest code, so that the small books, drawn 40 %% "
+                         "of the steps, do not drag the latents towards their few codes (session 18's colour cast)")
     ap.add_argument("--encoder-lr-scale", type=float, default=None, metavar="S",
                     help="with --joint: the encoder and quant_conv train at S x the LR (default: --old-lr-scale)")
     ap.add_argument("--book-sizes", type=int, nargs="+", default=None, metavar="K",
@@ -267,6 +271,8 @@ class Trainer:
                     raise SystemExit(f"--book-sizes {bad}: the new quantizer's books hold 2 ... {base} codes")
             elif unknown := sorted(set(args.book_sizes or ()) - set(self.books) - {base}):
                 raise SystemExit(f"--book-sizes {unknown}: the bundle's books are K = {sorted(set(self.books) | {base})}")
+        if args.commit_to == "base" and self._native_base():
+            raise SystemExit("--commit-to base: for --joint runs of a plain VQ bundle's own books only")
         if args.decoder_only:
             for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
                 part.requires_grad_(False)
@@ -622,10 +628,14 @@ class Trainer:
         flat = q._prep(z.permute(0, 2, 3, 1).reshape(-1, c).float())
         with torch.no_grad():
             idx = q._nearest(flat, book.detach())
-            record_usage(q, idx if k == base_k else q._nearest(flat, self.books[base_k].detach()), flat)
+            idx_base = idx if k == base_k else q._nearest(flat, self.books[base_k].detach())
+            record_usage(q, idx_base, flat)
         self.usage_steps = getattr(self, "usage_steps", 0) + 1
         codes = q.codes(book)[idx]
         _, loss = straight_through(flat, codes, q.beta)
+        if self.args.commit_to == "base" and k != base_k:  # the encoder is pulled to the base book only
+            base_codes = q.codes(self.books[base_k].detach())[idx_base]
+            loss = F.mse_loss(codes, flat.detach()) + q.beta * F.mse_loss(flat, base_codes)
         z_q = codes + (flat - flat.detach())  # value: the code; gradient: to the code and to the encoder
         return z_q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(z.dtype), loss
 
@@ -819,6 +829,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--book-lr needs --decoder-only or --joint (the bundle's reduced books are what it trains)")
     if args.encoder_lr_scale is not None and not args.joint:
         raise SystemExit("--encoder-lr-scale needs --joint")
+    if args.commit_to != "drawn" and not args.joint:
+        raise SystemExit("--commit-to needs --joint")
     if args.old_lr_scale != 1.0 and args.init_from is None:
         raise SystemExit("--old-lr-scale needs --init-from (the bundle whose weights it scales)")
     Trainer(args).run()
