@@ -42,7 +42,7 @@ def at_equal_bpp(base: dict, cand: dict) -> dict[tuple[str, int], dict[str, floa
     log bpp between the two candidate points around it); points outside its range are dropped."""
     out = {}
     for (img, k), b in base.items():
-        pts = sorted((v["bpp"], v) for (i, _), v in cand.items() if i == img)
+        pts = sorted(((v["bpp"], v) for (i, _), v in cand.items() if i == img), key=lambda p: p[0])
         for (x0, v0), (x1, v1) in zip(pts, pts[1:], strict=False):
             if x0 <= b["bpp"] <= x1 and x1 > x0:
                 t = (math.log(b["bpp"]) - math.log(x0)) / (math.log(x1) - math.log(x0))
