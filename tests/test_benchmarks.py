@@ -307,6 +307,9 @@ def test_paired_equal_bpp_interpolates_the_candidate_per_photo_and_flags_colour(
     assert at[("p0", 64)]["lpips"] == pytest.approx(0.47 + 0.5 * (0.25 - 0.47))  # halfway in log bpp
     assert at[("p0", 64)]["bpp"] == 0.02
     assert paired.at_equal_bpp(paired.read(base), {("p0", 8): {"bpp": 0.03, "lpips": 0.1}}) == {}  # out of range
+    tie = {("p0", 8): {"bpp": 0.005, "lpips": 0.6}, ("p0", 16): {"bpp": 0.005, "lpips": 0.55},
+           ("p0", 64): {"bpp": 0.02, "lpips": 0.4}}  # two K of equal bpp (tiny photos): no crash
+    assert paired.at_equal_bpp(paired.read(base), tie)[("p0", 8)]["bpp"] == 0.01
     paired.main([str(base), str(cand), "--equal-bpp"])
     out = capsys.readouterr().out
     assert "K=8 and K=64): clearly better" in out and "block_de) worse by > 2 SE at K = [8, 64]: not shippable" in out
