@@ -632,10 +632,11 @@ class Trainer:
             record_usage(q, idx_base, flat)
         self.usage_steps = getattr(self, "usage_steps", 0) + 1
         codes = q.codes(book)[idx]
-        _, loss = straight_through(flat, codes, q.beta)
         if self.args.commit_to == "base" and k != base_k:  # the encoder is pulled to the base book only
             base_codes = q.codes(self.books[base_k].detach())[idx_base]
             loss = F.mse_loss(codes, flat.detach()) + q.beta * F.mse_loss(flat, base_codes)
+        else:
+            _, loss = straight_through(flat, codes, q.beta)
         z_q = codes + (flat - flat.detach())  # value: the code; gradient: to the code and to the encoder
         return z_q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(z.dtype), loss
 

@@ -103,6 +103,11 @@ def plane_tables(
     return out
 
 
+def is_joint(state: dict) -> bool:
+    """Whether a training checkpoint is a ``vqc train --joint`` run (its encoder trained too)."""
+    return state.get("args", {}).get("joint") == "True"
+
+
 def split_book(book: torch.Tensor) -> list[torch.Tensor]:
     """A joined book (``join_books``) back into its parts: a dual book is (2, K, d/2), one per
     half; every other quantizer's is one (K, d) matrix."""
@@ -179,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
     images = [load_rgb(files[i], args.max_side) for i in pick]
     maps = collect_maps(model, images)
-    joint = state.get("args", {}).get("joint") == "True"  # its decoder learnt on its own reduced books: keep them
-    given = {int(k): v for k, v in state.get("books", {}).items()} if joint else {}
-    sizes = sorted(given) + [model.quantize.codebook_size] if given else SIZES
+    # a --joint run's decoder learnt on its own reduced books: ship those (and the base), no others
+    given = {int(k): v for k, v in state.get("books", {}).items()} if is_joint(state) else {}
+    sizes = [model.quantize.codebook_size] if given else SIZES
     books, tables, stats = build_books(model, collect_parts(model, images, maps), sizes, given=given)
     planes = plane_tables(model, maps, books) if model.quantize.m > 1 else None
     for k, ts in (planes or {}).items():

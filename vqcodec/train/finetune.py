@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vqcodec.train.codebooks import build_books, collect_latents
+from vqcodec.train.codebooks import build_books, collect_latents, is_joint
 from vqcodec.train.data import CropStream, list_images, load_rgb, split_holdout
 from vqcodec.zoo import copy_transformers, load_model, save_bundle
 
@@ -41,11 +41,6 @@ FROZEN = ("encoder.", "quant_conv.", "quantize.embedding")
 def load_checkpoint(ckpt: Path) -> dict:
     """A training checkpoint, read once (it is ~160 MB with both optimizers) for every part taken from it."""
     return torch.load(ckpt, map_location="cpu", weights_only=True)
-
-
-def is_joint(state: dict) -> bool:
-    """Whether a training checkpoint is a ``vqc train --joint`` run (its encoder trained too)."""
-    return state.get("args", {}).get("joint") == "True"
 
 
 def take_decoder(model, ckpt: Path, state: dict | None = None) -> tuple[torch.nn.Module, dict]:
