@@ -307,8 +307,13 @@ def test_joint_with_a_new_quantizer_trains_its_own_ladder_and_exports_it(photos,
     lr_scales = [g["lr_scale"] for g in state["opt"]["param_groups"]]
     assert lr_scales.count(5e-2 / 1e-2) == 2  # the own book (+ dual's transformer) and the reduced books
     codebooks.main([str(tmp_path / "j" / "last.ckpt"), "--out", str(tmp_path / "x"), "--name", "tx", "--arch",
-                    "test-tiny-taef2", "--data", str(photos), "--images", "4"])  # fmt: skip
+                    "test-tiny-taef2", "--data", str(photos), "--images", "4",
+                    "--save-disc", str(tmp_path / "x" / "disc.safetensors")])  # fmt: skip
     shipped = load_model(tmp_path / "x")
+    disc = autoencoder.load_disc(tmp_path / "x" / "disc.safetensors", torch.device("cpu"))
+    assert disc.keys() == state["disc"].keys()  # bundle + discriminator continue the run (fp16)
+    for n, v in disc.items():
+        torch.testing.assert_close(v, state["disc"][n].float(), atol=2e-3, rtol=1e-3)
     assert shipped.codebook_sizes == [3, 4, 8] and shipped.model.quantize.m == (1 if quantizer == "vq" else 2)
     torch.testing.assert_close(shipped.codebook(3).float(), state["books"]["3"].float(), atol=1e-2, rtol=0)  # fp16
     assert "--joint" in shipped.manifest["training"]["reduction"]

@@ -174,11 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-side", type=int, default=768)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--note", default="", help="how this run was trained, stored in the training record")
+    ap.add_argument("--save-disc", type=Path, default=None, metavar="FILE",
+                    help="also write the run's discriminator (fp16 safetensors), so bundle + FILE continue the run")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     model, state = load_checkpoint(args.checkpoint)
+    if args.save_disc and "disc" not in state:
+        raise SystemExit(f"vqc export: --save-disc: {args.checkpoint} has no discriminator (no GAN phase ran)")
     files, _ = split_holdout(list_images(args.data), 8)
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
@@ -208,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training, plane_tables=planes)
     print(json.dumps({k: manifest[k] for k in ("name", "model_id", "codebook_sizes")}))
+    if args.save_disc:
+        from vqcodec.train.finetune import save_discriminator
+
+        save_discriminator(state["disc"], args.save_disc)
+        print(f"wrote {args.save_disc}")
     for k, s in stats.items():
         print(
             f"K={k:5d} used {s['used_codes']:5d} bits/index {s['bits_per_index']:.3f} (uniform {s['uniform_bits']:.0f})"
