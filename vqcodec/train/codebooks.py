@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     model, state = load_checkpoint(args.checkpoint)
     if args.save_disc and "disc" not in state:
-        raise SystemExit(f"vqc export: --save-disc: {args.checkpoint} has no discriminator (no GAN phase ran)")
+        raise SystemExit(f"vqc export: --save-disc: {args.checkpoint} has no discriminator to save")
     files, _ = split_holdout(list_images(args.data), 8)
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(files), size=min(args.images, len(files)), replace=False))
