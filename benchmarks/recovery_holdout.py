@@ -18,7 +18,9 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 - ``masked-index``: the default's snapped codes;
 - ``shared-exact`` / ``fill-exact``: ``shared-plain`` / ``fill-plain`` run by the integer-exact copy
   of the network (what ``--recover masked`` runs when the bundle ships it: the same filled map on
-  every computer).
+  every computer), the decoder's blend at temperature 1 (up to session 20);
+- ``fill-exact-t<T>``, ``fill-t<T>``: the blend given to the decoder taken at temperature T (the
+  recovered map unchanged); ``recovery.BLEND_TEMPERATURE`` is the codec's choice.
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
 """
@@ -63,22 +65,24 @@ def variants(bundle, k: int) -> dict:
     def baseline(method, net=None):
         return lambda idx, miss: recovery.recover_soft(idx, miss, book, counts, method, True, net, k)
 
-    def masked(net, unit: bool = False, prior=None, snap: bool = False, overlap: bool = True, prior_overlap=False):
+    def masked(net, unit: bool = False, prior=None, snap: bool = False, overlap: bool = True, prior_overlap=False,
+               **fill_kw):  # fmt: skip
         def fn(idx, miss):
             m = torch.from_numpy(miss)
             logp = None if prior is None else prior.raster_log_probs(torch.from_numpy(idx[0]), m, k, prior_overlap)
-            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp, overlap=overlap)
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), m, k, book, prior=logp, overlap=overlap, **fill_kw)
             if unit:
                 soft = F.normalize(soft, dim=-1) * m[..., None]
             return filled.numpy()[None], None if snap else soft
 
         return fn
 
-    def exact(kind: str):  # the integer-exact copy (what the codec runs when the bundle ships it)
+    def exact(kind: str, temperature: float = 1.0):  # the integer-exact copy (what the codec runs)
         net = bundle.exact_transformer(kind)
 
         def fn(idx, miss):
-            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book)
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book,
+                                         temperature=temperature)  # fmt: skip
             return filled.numpy()[None], soft
 
         return fn
@@ -87,6 +91,9 @@ def variants(bundle, k: int) -> dict:
     for kind in ("masked", "fill"):
         if bundle.has_exact(kind):
             out[("shared" if kind == "masked" else "fill") + "-exact"] = exact(kind)
+    if bundle.has_exact("fill"):
+        for t in (1.25, 1.5, 1.75, 2.0, 3.0):
+            out[f"fill-exact-t{t}"] = exact("fill", t)
     if ar is not None:
         out["ar"] = baseline("ar", ar)
     if shared is not None:
@@ -96,6 +103,9 @@ def variants(bundle, k: int) -> dict:
         out["fill-plain"] = masked(fill)
         out["fill-plain-disjoint"] = masked(fill, overlap=False)
         out["masked-index"] = masked(fill, snap=True)
+        for t in (1.5, 2.0, 3.0):
+            out[f"fill-t{t}"] = masked(fill, temperature=t)
+        out["fill-steps12"] = masked(fill, steps=12)
         if ar is not None:
             out["fill-plain-ar"] = masked(fill, prior=ar)
             out["fill-plain-ar-disjoint"] = masked(fill, prior=ar, overlap=False)

@@ -27,6 +27,7 @@ tensors are all integers, so a third party can reimplement ``forward`` from ``do
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -404,13 +405,16 @@ class IntTransformer:
 
     @torch.inference_mode()
     def fill_soft(self, indices: torch.Tensor, missing: torch.Tensor, k: int, codes: torch.Tensor | None,
-                  steps: int = 6) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+                  steps: int = 6, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """MaskGIT-style filling as ``IndexTransformer.fill_soft``, with every decision in integers:
         which holes are filled in each round (confidence = the largest frequency's share, ties to
         the lower position) and which index each gets (the code nearest the frequency-weighted mean
         code vector, with the codes rounded to 2^-14; ties to the lower index), so the recovered
         index map is the same on every machine. The (h, w, d) mean code vectors given to the decoder
-        are float (as the decoder itself). Without ``codes``: the likeliest index."""
+        are float (as the decoder itself). Without ``codes``: the likeliest index. ``temperature``:
+        as in ``IndexTransformer.fill_soft``, the decoder's blend only (a rational, the logit
+        differences scaled in integers), so the index map does not depend on it."""
+        t = Fraction(temperature).limit_denominator(64)
         h, w = indices.shape
         idx, miss = indices.clone().to(self.device), missing.clone().to(self.device)
         total = int(miss.sum())
@@ -425,7 +429,8 @@ class IntTransformer:
             left = int(miss.sum())
             if left == 0:
                 break
-            freq = self.frequencies(self.pooled_logits(idx, miss, k)).reshape(h * w, k)
+            logits = self.pooled_logits(idx, miss, k)
+            freq = self.frequencies(logits).reshape(h * w, k)
             fsum = freq.sum(-1)
             conf = torch.div(freq.amax(-1) << 32, fsum, rounding_mode="floor")
             if cq is None:
@@ -442,7 +447,11 @@ class IntTransformer:
             flat_idx[chosen] = pred[chosen]
             flat_miss[chosen] = False
             if cq is not None:
-                p = freq[chosen].to(codes.dtype) / fsum[chosen, None].to(codes.dtype)
+                blend = freq
+                if t != 1:  # frequencies of the tempered logits: exp(-(max - l) / t)
+                    d = rdiv((logits.amax(-1, keepdim=True) - logits) * t.denominator, torch.tensor(t.numerator))
+                    blend = self.exp_weights(d).long().clamp_min(1).reshape(h * w, k)
+                p = blend[chosen].to(codes.dtype) / blend[chosen].sum(-1, keepdim=True).to(codes.dtype)
                 soft[chosen] = p @ codes
             idx, miss = flat_idx.view(h, w), flat_miss.view(h, w)
         return idx.cpu(), None if cq is None else soft.view(h, w, -1).cpu()

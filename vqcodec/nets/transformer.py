@@ -224,8 +224,8 @@ class IndexTransformer(nn.Module):
 
     @torch.inference_mode()
     def fill_soft(self, indices: torch.Tensor, missing: torch.Tensor, k: int, codes: torch.Tensor,
-                  steps: int = 6, prior: torch.Tensor | None = None,
-                  overlap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                  steps: int = 6, prior: torch.Tensor | None = None, overlap: bool = True,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Like ``fill`` with ``codes``, and also the (h, w, d) expected code vectors of the holes.
 
         The decoder is given the probability-weighted mean code vector itself rather than the code
@@ -236,10 +236,11 @@ class IndexTransformer(nn.Module):
         mean 0.0145, plain mean 0.0119; ``neighbour`` 0.0191; benchmarks/recovery_holdout.py.) The returned
         indices are the snapped ones, fed back as context between rounds and reported to the caller.
         """
-        return self._fill(indices, missing, k, steps, codes, prior, overlap)
+        return self._fill(indices, missing, k, steps, codes, prior, overlap, temperature)
 
     def _fill(self, indices: torch.Tensor, missing: torch.Tensor, k: int, steps: int, codes: torch.Tensor | None,
-              prior: torch.Tensor | None = None, overlap: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+              prior: torch.Tensor | None = None, overlap: bool = True,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         idx = indices.clone()[None]
         miss = missing.clone()[None]
         total = int(miss.sum())
@@ -259,6 +260,8 @@ class IndexTransformer(nn.Module):
             if codes is not None:  # the code nearest the expected code vector, not the likeliest index
                 mean = probs @ codes
                 pred = (mean @ codes.t()).argmax(-1)
+                if temperature != 1.0:  # the decoder's blend only: the index map stays the same
+                    mean = (logp / temperature).softmax(-1) @ codes
             keep_left = math.floor(total * math.cos(math.pi / 2 * (step + 1) / steps))
             n_fill = max(1, left - keep_left) if step < steps - 1 else left
             conf = prob.masked_fill(~miss, -1.0).flatten()
