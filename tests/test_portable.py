@@ -3,8 +3,8 @@ integer context model, and decodes in fresh processes under limited instruction 
 
 The golden files in ``tests/expected/portable/`` were made once with the shipped default model
 (``GENERATE_EXPECTED=1 python -m pytest tests/test_portable.py`` remakes them, from Kodak crops in
-``../shared``; ``GENERATE_EXPECTED=thumbs`` re-renders only their decoded thumbnails); every run, on whatever CPU CI lands on, decodes them and must find the same index
-maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
+``../shared``; ``GENERATE_EXPECTED=thumbs`` re-renders only their decoded thumbnails); every run,
+on whatever CPU CI lands on, decodes them and must find the same index maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
 bf16) and its rounding may differ between machines; only the index map is promised bit for bit.
 """
 

@@ -374,9 +374,13 @@ class IntTransformer:
 
     __call__ = forward
 
-    def frequencies(self, logits: torch.Tensor) -> torch.Tensor:
-        """(..., K) integer logits -> int64 frequencies >= 1: round(2^16 exp(l - max l)), floored at 1."""
-        return self.exp_weights(logits.amax(-1, keepdim=True) - logits).long().clamp_min(1)
+    def frequencies(self, logits: torch.Tensor, temperature: Fraction = Fraction(1)) -> torch.Tensor:
+        """(..., K) integer logits -> int64 frequencies >= 1: round(2^16 exp((l - max l) / t)), floored
+        at 1; a temperature t other than 1 scales the differences in integers (rounded to nearest)."""
+        d = logits.amax(-1, keepdim=True) - logits
+        if temperature != 1:
+            d = rdiv(d * temperature.denominator, torch.tensor(temperature.numerator))
+        return self.exp_weights(d).long().clamp_min(1)
 
     def pooled_logits(self, indices: torch.Tensor, mask: torch.Tensor, k: int, tile: int = TILE) -> torch.Tensor:
         """(h, w, K) int64 logits of one map from half-overlapping tiles, a weighted mean per
@@ -447,10 +451,7 @@ class IntTransformer:
             flat_idx[chosen] = pred[chosen]
             flat_miss[chosen] = False
             if cq is not None:
-                blend = freq
-                if t != 1:  # frequencies of the tempered logits: exp(-(max - l) / t)
-                    d = rdiv((logits.amax(-1, keepdim=True) - logits) * t.denominator, torch.tensor(t.numerator))
-                    blend = self.exp_weights(d).long().clamp_min(1).reshape(h * w, k)
+                blend = freq if t == 1 else self.frequencies(logits, t).reshape(h * w, k)
                 p = blend[chosen].to(codes.dtype) / blend[chosen].sum(-1, keepdim=True).to(codes.dtype)
                 soft[chosen] = p @ codes
             idx, miss = flat_idx.view(h, w), flat_miss.view(h, w)
