@@ -249,6 +249,15 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     ):  # nothing lost: every method gives the same image
         out, report = codec.decode_with_report(intact, b, method=method)
         assert report.missing_positions == 0 and np.array_equal(out, codec.decode(intact, b))
+    # the weights alone travel (model.pt, e.g. back from a lent accelerator); --init starts from them with
+    # a fresh optimizer, its steps counted on; crops and masks drawn by a worker process
+    fill_weights = tmp_path / "run-fill" / "model.pt"
+    assert torch.load(fill_weights, weights_only=True)["step"] == 4
+    ttrain.main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "run-fill2"), "--data", str(photos),
+                 "--steps", "6", "--batch", "2", "--crop", "4", "--task", "fill", "--init", str(fill_weights),
+                 "--workers", "1", "--export"])  # fmt: skip
+    b3 = zoo.load_model(bundle_dir)
+    assert b3.manifest["recovery_fill"]["steps"] == 6 and b3.transformer("fill").config == bf.recovery_model.config
 
 
 def test_context_coding_round_trip_threads_and_checksum(tiny_bundle_dir, tmp_path):

@@ -138,7 +138,8 @@ def _load_maps(bundle, files: list[Path], cache: Path) -> dict[int, list[np.ndar
 
 
 @torch.inference_mode()
-def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1, task: str = "all") -> dict[int, float]:
+def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1, task: str = "all",
+             device: torch.device | str = "cpu") -> dict[int, float]:
     """Held-out cross-entropy (bits per predicted index) per K on fixed crops and masks of ``task``."""
     model.eval()
     out = {}
@@ -147,6 +148,7 @@ def evaluate(model, maps: dict[int, list[np.ndarray]], size: int, seed: int = 1,
             x, m = batch(v, size, 32, random.Random(seed), model.config.causal, task)
         except ValueError:  # no held-out map this large
             continue
+        x, m = x.to(device), m.to(device)
         logits = model(x, m, k)
         sel = torch.ones_like(m) if model.config.causal else m
         out[k] = float(F.cross_entropy(logits[sel], x[sel])) / math.log(2)
@@ -180,6 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (a lent accelerator: bf16 autocast there)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes drawing crops and masks (an accelerator outruns one Python loop); 0 = in this "
+                         "process, the only mode whose --resume replays the same batches")  # fmt: skip
+    ap.add_argument("--save-minutes", type=float, default=5.0, help="how often last.ckpt and model.pt are written")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from the weights of a model.pt or last.ckpt (another machine's run; fresh optimizer)")
     ap.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                     help="bf16 autocast (default where the CPU has native bf16; losses in fp32, weights and "
                          "inference stay fp32)")
@@ -219,6 +228,14 @@ def main(argv: list[str] | None = None) -> None:
         rng.setstate(state["rng"])
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it")
+    elif args.init is not None:
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        cfg = TransformerConfig.from_dict(state["config"])
+        model = IndexTransformer(cfg)
+        model.load_state_dict(state["model"])
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        step = state["step"]
+        print(f"starting from {args.init} (step {step})", flush=True)
     elif args.from_bundle:
         kind = _kind(args)
         if kind == "fill" and not bundle.has_transformer("fill"):
@@ -232,18 +249,30 @@ def main(argv: list[str] | None = None) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
         step = int(bundle.manifest[TRANSFORMERS[kind][0]].get("steps", 0))
         print(f"starting from {bundle.path}'s {kind} transformer (step {step})", flush=True)
+    device = torch.device(args.device)
+    model.to(device)
+    if device.type != "cpu":
+        args.bf16 = True
+        opt.load_state_dict(opt.state_dict())  # moves any loaded moment buffers to the model's device
     logf = open(args.out / "log.csv", "a", newline="")
     log = csv.writer(logf)
     def amp():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
+    draws = _worker_batches(maps, cfg, args, step) if args.workers else None
     t0 = last_save = time.time()
-    warm0 = step if args.from_bundle and not args.resume else 0  # fresh optimizer state: warm up again
+    fresh_opt = (args.from_bundle or args.init is not None) and not args.resume
+    warm0 = step if fresh_opt else 0  # fresh optimizer state: warm up again
     step0 = step
     losses: list[float] = []
     while step < args.steps and (time.time() - t0) / 60 < args.minutes:
-        k = rng.choice(cfg.sizes)
-        x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal, args.task)
+        if draws is None:
+            k = rng.choice(cfg.sizes)
+            x, m = batch(maps[k], args.crop, args.batch, rng, cfg.causal, args.task)
+        else:
+            k, x, m = next(draws)
+            k = int(k)
+        x, m = x.to(device, non_blocking=True), m.to(device, non_blocking=True)
         scale = min(1.0, (step - warm0 + 1) / 300)  # warm-up, then constant (or annealed)
         if args.anneal:
             done = max((time.time() - t0) / 60 / args.minutes, (step - step0) / max(1, args.steps - step0))
@@ -261,19 +290,20 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         losses.append(loss.item())
         if step % 100 == 0:
-            val = evaluate(model, val_maps, args.crop, task=args.task) if step % 500 == 0 else {}
+            val = evaluate(model, val_maps, args.crop, task=args.task, device=device) if step % 500 == 0 else {}
             log.writerow([step, round(float(np.mean(losses)), 4), round(time.time() - t0),
                           *[round(val.get(kk, float("nan")), 4) for kk in cfg.sizes]])  # fmt: skip
             logf.flush()
             extra = " held-out bits/index " + " ".join(f"K{kk}={v:.3f}" for kk, v in val.items()) if val else ""
             print(f"step {step}: train cross-entropy {np.mean(losses):.4f} nats{extra}", flush=True)
             losses = []
-        if time.time() - last_save > 300:
+        if time.time() - last_save > 60 * args.save_minutes:
             _save(ckpt, model, opt, step, rng, cfg)
             last_save = time.time()
     _save(ckpt, model, opt, step, rng, cfg)
     logf.close()
-    val = evaluate(model, val_maps, args.crop, task=args.task)
+    val = evaluate(model, val_maps, args.crop, task=args.task, device=device)
+    model.cpu()
     print("held-out bits/index " + " ".join(f"K{k}={v:.3f}" for k, v in val.items()), flush=True)
     if args.export:
         from vqcodec.zoo import save_recovery
@@ -297,11 +327,38 @@ def _kind(args) -> str:
     return "ar" if args.causal else "masked" if args.task == "all" else "fill"
 
 
+class _Draws(torch.utils.data.IterableDataset):
+    """Endless (K, crops, masks) batches drawn in a worker process, each worker from its own seed."""
+
+    def __init__(self, maps: dict[int, list[np.ndarray]], cfg: TransformerConfig, args, start: int) -> None:
+        self.maps, self.cfg, self.crop, self.n, self.task = maps, cfg, args.crop, args.batch, args.task
+        self.seed = (args.seed, start)  # a resumed run draws new batches, not the first ones again
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}/{info.id if info else 0}")
+        while True:
+            k = rng.choice(self.cfg.sizes)
+            x, m = batch(self.maps[k], self.crop, self.n, rng, self.cfg.causal, self.task)
+            yield torch.tensor(k), x, m
+
+
+def _worker_batches(maps, cfg, args, start: int):
+    loader = torch.utils.data.DataLoader(_Draws(maps, cfg, args, start), batch_size=None, num_workers=args.workers,
+                                         pin_memory=args.device != "cpu", prefetch_factor=8)  # fmt: skip
+    return iter(loader)
+
+
 def _save(path: Path, model, opt, step, rng, cfg) -> None:
+    """``last.ckpt`` (resumable: optimizer and sampler state too) and ``model.pt`` beside it (the weights
+    alone, a few MB: what travels between machines, e.g. back from a lent accelerator, for ``--init``)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": weights, "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
                 "config": cfg.to_dict()}, tmp)  # fmt: skip
     os.replace(tmp, path)
+    torch.save({"model": weights, "step": step, "config": cfg.to_dict()}, tmp)
+    os.replace(tmp, path.with_name("model.pt"))
 
 
 if __name__ == "__main__":
