@@ -9,7 +9,8 @@ dropped like any other), decode with each method, score against the original
 instead of being decoded again. ``bytes`` is the whole file's size, parity
 included, so settings can be compared at equal bytes. A file whose every packet was lost is
 refused by the decoder; such runs are counted (``refused``) and left out of the means. Writes ``packet_loss.csv`` (every run),
-``packet_loss_summary.csv`` (means), ``packet_loss_lpips.png`` (LPIPS against loss rate) and prints
+``packet_loss_summary.csv`` (means), ``packet_loss_lpips.png`` and ``packet_loss_dists.png`` (LPIPS-Alex and
+DISTS against loss rate) and prints
 a markdown table.
 
     python benchmarks/packet_loss.py                                  # K 16/64/256, 5 rates, 3 seeds
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{s['psnr']:.2f} | {s['ms_ssim']:.4f} | {s['lpips']:.4f} | {s['dists']:.4f} | {s['refused']} | "
               f"{s['decode_s']:.2f} |")  # fmt: skip
     equal_bytes_table(summary, args.losses)
-    plot(summary, args.ks, args.bursts, args.parities, methods, args.out / "packet_loss_lpips.png")
+    for metric in ("lpips", "dists"):
+        plot(summary, args.ks, args.bursts, args.parities, methods, args.out / f"packet_loss_{metric}.png", metric)
 
 
 def equal_bytes_table(summary: list[dict], losses: list[float]) -> None:
@@ -217,9 +219,9 @@ def equal_bytes_table(summary: list[dict], losses: list[float]) -> None:
 
 
 def plot(summary: list[dict], ks: list[int], bursts: list[float], parities: list[int], methods: list[str],
-         path: Path) -> None:  # fmt: skip
-    """LPIPS against loss rate: one panel per K (rows) and loss model (columns); colour = method,
-    line style = parity count, the legend gives each setting's bytes."""
+         path: Path, metric: str = "lpips") -> None:  # fmt: skip
+    """``metric`` (LPIPS-Alex or DISTS) against loss rate: one panel per K (rows) and loss model
+    (columns); colour = method, line style = parity count, the legend gives each setting's bytes."""
     try:
         import matplotlib
 
@@ -238,13 +240,13 @@ def plot(summary: list[dict], ks: list[int], bursts: list[float], parities: list
                     pts = [s for s in summary if s["K"] == k and s["method"] == method and s["parity"] == parity
                            and s["burst"] == burst]  # fmt: skip
                     if pts:
-                        ax.plot([s["loss"] for s in pts], [s["lpips"] for s in pts], styles[j % len(styles)],
+                        ax.plot([s["loss"] for s in pts], [s[metric] for s in pts], styles[j % len(styles)],
                                 marker="o", ms=3, color=colours[method],
                                 label=f"{method}, R={parity} ({pts[0]['bytes']:.0f} B)")  # fmt: skip
             kind = "independent loss" if burst == 1 else f"burst loss, mean length {burst:g}"
             ax.set_title(f"K={k}, {kind}")
             ax.set_xlabel("packet loss rate")
-            ax.set_ylabel("LPIPS-Alex (lower is better)")
+            ax.set_ylabel(f"{'LPIPS-Alex' if metric == 'lpips' else 'DISTS'} (lower is better)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
