@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (a lent accelerator: bf16 autocast there)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: a lent accelerator (bf16 autocast there)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes drawing crops and masks (an accelerator outruns one Python loop); 0 = in this "
                          "process, the only mode whose --resume replays the same batches")  # fmt: skip
@@ -199,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="lattice levels of the context coder's group order (masked model): 2 = 7 groups")  # fmt: skip
     args = ap.parse_args(argv)
     if args.bf16 is None:  # bf16 only where it is native: emulated bf16 is several times slower than fp32
-        args.bf16 = native_bf16()
+        args.bf16 = native_bf16() if args.device == "cpu" else True
     if args.causal and args.task != "all":
         ap.error("--task fill trains the bidirectional model: drop --causal")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
     from vqcodec.zoo import TRANSFORMERS, load_model
@@ -252,7 +255,6 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     model.to(device)
     if device.type != "cpu":
-        args.bf16 = True
         opt.load_state_dict(opt.state_dict())  # moves any loaded moment buffers to the model's device
     logf = open(args.out / "log.csv", "a", newline="")
     log = csv.writer(logf)
