@@ -38,7 +38,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec, interleave, recovery  # noqa: E402
+from vqcodec import codec, corrupt, interleave, recovery  # noqa: E402
 from vqcodec.perceptual import LPIPS  # noqa: E402
 from vqcodec.train.data import list_images, load_rgb, split_holdout  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
@@ -46,12 +46,14 @@ from vqcodec.zoo import load_model  # noqa: E402
 TRAIN = REPO.parent / "shared" / "datasets" / "train"
 
 
-def holes(h: int, w: int, loss: float, seed: int, packets: int = 16) -> np.ndarray:
-    """The positions of randomly lost interleaved packets (at least one packet lost)."""
+def holes(h: int, w: int, loss: float, seed: int, packets: int = 16, burst: float = 1.0) -> np.ndarray:
+    """The positions of randomly lost interleaved packets (at least one packet lost); ``burst`` > 1:
+    `vqc corrupt --burst`'s Gilbert-Elliott chain of that mean burst length."""
     rng = np.random.default_rng(seed)
     assign = interleave.assignment(h, w, packets)
     while True:
-        lost = np.flatnonzero(rng.random(packets) < loss)
+        drop = rng.random(packets) < loss if burst == 1 else corrupt.loss_pattern(packets, loss, burst, rng)
+        lost = np.flatnonzero(drop)
         if len(lost):
             return np.isin(assign, lost)
 
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--loss", type=float, default=0.3)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--burst", type=float, default=1.0, help="mean burst length in packets (1: independent loss)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all; neighbour always)")
     args = ap.parse_args(argv)
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         clean_scores.append(clean)
         h, w = enc.indices.shape[1:]
         for seed in range(args.seeds):
-            miss = holes(h, w, args.loss, 1000 * i + seed)
+            miss = holes(h, w, args.loss, 1000 * i + seed, burst=args.burst)
             for name, fn in fns.items():
                 idx, soft = fn(enc.indices.copy(), miss)
                 hole = None if soft is None else (miss, soft[torch.from_numpy(miss)].numpy())
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                 rises[name].append(score(lossy, ref) - clean)
         print(f"{path.name} done", flush=True)
     base = float(np.mean(rises["neighbour"]))
-    print(f"\n{len(held)} held-out photos x {args.seeds} seeds, K={args.k}, loss {args.loss}: "
+    kind = "" if args.burst == 1 else f" in bursts of mean length {args.burst:g}"
+    print(f"\n{len(held)} held-out photos x {args.seeds} seeds, K={args.k}, loss {args.loss}{kind}: "
           f"loss-free LPIPS-VGG {np.mean(clean_scores):.4f}")  # fmt: skip
     print("\n| variant | LPIPS-VGG rise | share of neighbour's |\n|---|---|---|")
     for name, v in rises.items():

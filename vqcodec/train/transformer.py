@@ -79,16 +79,23 @@ def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     """Training mask of the recovery-only model (``--task fill``): only the losses a decoder meets.
 
     Holes of randomly lost interleaved packets (70 %: 16 packets, the encoder's default, half the
-    time; each packet lost with a probability drawn from 0.05 ... 0.6), else i.i.d. holes at a ratio
-    up to 0.6. No context-coder groups and no near-empty maps: the shared model spends capacity
-    on those, which recovery never sees."""
+    time; a loss rate drawn from 0.05 ... 0.6; a third of them in bursts, `vqc corrupt --burst`'s
+    Gilbert-Elliott chain of mean length 2 ... 8 packets, which the interleave turns into runs of
+    adjacent holes along a row), else i.i.d. holes at a ratio up to 0.6. No context-coder groups
+    and no near-empty maps: the shared model spends capacity on those, which recovery never sees."""
     if rng.random() < 0.3:
         g = torch.Generator().manual_seed(rng.randrange(1 << 30))
         m = torch.rand(h, w, generator=g) < rng.uniform(0.05, 0.6)
     else:
         packets = 16 if rng.random() < 0.5 else rng.choice([4, 8, 32, 64])
         rate = rng.uniform(0.05, 0.6)
-        lost = [p for p in range(packets) if rng.random() < rate]
+        if rng.random() < 1 / 3:
+            from vqcodec.corrupt import loss_pattern
+
+            burst = rng.choice([2, 3, 4, 6, 8])
+            lost = np.flatnonzero(loss_pattern(packets, rate, burst, np.random.default_rng(rng.randrange(1 << 30))))
+        else:
+            lost = [p for p in range(packets) if rng.random() < rate]
         m = torch.from_numpy(np.isin(assignment(h, w, packets), lost))
     if not m.any():
         m[rng.randrange(h), rng.randrange(w)] = True
