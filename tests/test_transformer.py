@@ -124,7 +124,9 @@ def test_fill_masks_look_like_packet_loss():
     rng = random.Random(3)
     masks = [ttrain.fill_mask(16, 16, rng) for _ in range(300)]
     ratios = np.array([float(m.float().mean()) for m in masks])
-    assert (ratios > 0).all() and ratios.max() < 0.9  # never an empty or near-empty map
+    # never an empty map, never one with every packet lost (the decoder refuses that file); a burst
+    # may leave a near-empty one, as it does on a real link, but rarely
+    assert (ratios > 0).all() and ratios.max() < 1 and (ratios > 0.9).mean() < 0.02
     assert 0.15 < ratios.mean() < 0.45  # the loss rates a decoder meets (0.05 ... 0.6)
 
 

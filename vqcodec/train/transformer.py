@@ -81,8 +81,9 @@ def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     Holes of randomly lost interleaved packets (70 %: 16 packets, the encoder's default, half the
     time; a loss rate drawn from 0.05 ... 0.6; a third of them in bursts, `vqc corrupt --burst`'s
     Gilbert-Elliott chain of mean length 2 ... 8 packets, which the interleave turns into runs of
-    adjacent holes along a row), else i.i.d. holes at a ratio up to 0.6. No context-coder groups
-    and no near-empty maps: the shared model spends capacity on those, which recovery never sees."""
+    adjacent holes along a row), never every packet), else i.i.d. holes at a ratio up to 0.6. No
+    context-coder groups and no empty maps: the shared model spends capacity on those, which
+    recovery never sees."""
     if rng.random() < 0.3:
         g = torch.Generator().manual_seed(rng.randrange(1 << 30))
         m = torch.rand(h, w, generator=g) < rng.uniform(0.05, 0.6)
@@ -96,6 +97,9 @@ def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
             lost = np.flatnonzero(loss_pattern(packets, rate, burst, np.random.default_rng(rng.randrange(1 << 30))))
         else:
             lost = [p for p in range(packets) if rng.random() < rate]
+        if len(lost) == packets:  # every packet lost: the decoder refuses such a file, nothing to learn
+            kept = rng.randrange(packets)
+            lost = [p for p in lost if p != kept]
         m = torch.from_numpy(np.isin(assignment(h, w, packets), lost))
     if not m.any():
         m[rng.randrange(h), rng.randrange(w)] = True
