@@ -81,9 +81,9 @@ def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
     Holes of randomly lost interleaved packets (70 %: 16 packets, the encoder's default, half the
     time; a loss rate drawn from 0.05 ... 0.6; a third of them in bursts, `vqc corrupt --burst`'s
     Gilbert-Elliott chain of mean length 2 ... 8 packets, which the interleave turns into runs of
-    adjacent holes along a row), never every packet), else i.i.d. holes at a ratio up to 0.6. No
-    context-coder groups and no empty maps: the shared model spends capacity on those, which
-    recovery never sees."""
+    adjacent holes along a row; never every packet, a file the decoder refuses), else i.i.d. holes
+    at a ratio up to 0.6. No context-coder groups and no empty maps: the shared model spends
+    capacity on those, which recovery never sees."""
     if rng.random() < 0.3:
         g = torch.Generator().manual_seed(rng.randrange(1 << 30))
         m = torch.rand(h, w, generator=g) < rng.uniform(0.05, 0.6)
