@@ -233,10 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = args.out / "last.ckpt"
     if args.resume:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        cfg = TransformerConfig.from_dict(state["config"])
-        model = IndexTransformer(cfg)
-        model.load_state_dict(state["model"])
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        cfg, model, opt = _restore(state["config"], state["model"], args.lr)
         opt.load_state_dict(state["opt"])
         step = state["step"]
         rng.setstate(state["rng"])
@@ -244,10 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it")
     elif args.init is not None:
         state = torch.load(args.init, map_location="cpu", weights_only=True)
-        cfg = TransformerConfig.from_dict(state["config"])
-        model = IndexTransformer(cfg)
-        model.load_state_dict(state["model"])
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        cfg, model, opt = _restore(state["config"], state["model"], args.lr)
         step = state["step"]
         print(f"starting from {args.init} (step {step})", flush=True)
     elif args.from_bundle:
@@ -257,10 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         shipped = bundle.transformer(kind)
         if shipped is None:
             raise SystemExit(f"{bundle.path} ships no {kind} transformer to start from")
-        cfg = shipped.config
-        model = IndexTransformer(cfg)
-        model.load_state_dict(shipped.state_dict())
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        cfg, model, opt = _restore(shipped.config.to_dict(), shipped.state_dict(), args.lr)
         step = int(bundle.manifest[TRANSFORMERS[kind][0]].get("steps", 0))
         print(f"starting from {bundle.path}'s {kind} transformer (step {step})", flush=True)
     device = torch.device(args.device)
@@ -333,6 +324,14 @@ def anneal_factor(done: float, floor: float = 0.05) -> float:
     """Cosine decay from 1 to `floor` as the run's budget is spent (done in [0, 1]): the last stretch of a
     run at a small rate settles the weights into the minimum a constant rate keeps jumping around."""
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def _restore(config: dict, weights: dict, lr: float):
+    """A network of the stored ``config`` holding ``weights``, and a fresh optimizer for it."""
+    cfg = TransformerConfig.from_dict(config)
+    model = IndexTransformer(cfg)
+    model.load_state_dict(weights)
+    return cfg, model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
 
 def _kind(args) -> str:
