@@ -57,6 +57,13 @@ def _decode_map(data: bytes):
     return codec.unpack(data)[0]
 
 
+def _record(name: str, enc, bundle) -> str:
+    """Store a golden file's decoded index map and thumbnail beside it; returns the map's hash."""
+    Image.fromarray(_thumb(codec.synthesize(enc, bundle))).save(GOLDEN / name.replace(".vqc", ".thumb.png"))
+    np.save(GOLDEN / name.replace(".vqc", ".map.npy"), enc.indices.astype(np.uint16))
+    return map_hash(enc.indices)
+
+
 def _generate() -> None:
     """(Re)make the golden files from Kodak crops with the default bundle."""
     bundle = zoo.load_model(None)
@@ -76,12 +83,8 @@ def _generate() -> None:
                 data = corrupt.corrupt(data, loss=0.3, seed=seed)[0]
             name = f"{photo}-k{k}-{mode.name.lower()}{'-lossy' if seed is not None else ''}.vqc"
             (GOLDEN / name).write_bytes(data)
-            enc = _decode_map(data)
-            pixels = codec.synthesize(enc, bundle)
-            Image.fromarray(_thumb(pixels)).save(GOLDEN / name.replace(".vqc", ".thumb.png"))
-            np.save(GOLDEN / name.replace(".vqc", ".map.npy"), enc.indices.astype(np.uint16))
             expected[name] = {
-                "map": map_hash(enc.indices),
+                "map": _record(name, _decode_map(data), bundle),
                 "k": k,
                 "mode": mode.name.lower(),
                 "lossy": seed is not None,
@@ -119,10 +122,7 @@ def _remap_lossy() -> None:
     for name, e in meta["files"].items():
         if not e["lossy"]:
             continue
-        enc = _decode_map((GOLDEN / name).read_bytes())
-        np.save(GOLDEN / name.replace(".vqc", ".map.npy"), enc.indices.astype(np.uint16))
-        Image.fromarray(_thumb(codec.synthesize(enc, bundle))).save(GOLDEN / name.replace(".vqc", ".thumb.png"))
-        e["map"] = map_hash(enc.indices)
+        e["map"] = _record(name, _decode_map((GOLDEN / name).read_bytes()), bundle)
     (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
 
 
