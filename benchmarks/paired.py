@@ -3,7 +3,7 @@
 Why: on 8 held-out photos the per-photo LPIPS differences between two close models spread about
 +-0.015, so a difference of means says little on its own. Pairing by photo removes the photos'
 own difficulty; the standard error of the paired mean says whether a gain is more than noise.
-The rule the project ships by (issue 18): a candidate is *clearly better* when its paired mean
+The rule the project ships by: a candidate is *clearly better* when its paired mean
 LPIPS-Alex is lower by more than two standard errors at K=8 and at K=64, the two targets' rates.
 
     python benchmarks/paired.py bench_out/ho_gan2/eval_vqc-gan2_c3b93f6c_holdout_images.csv \

@@ -8,17 +8,17 @@ are the design choices of ``--recover masked`` (docs/results.md says which won):
 
 - ``neighbour``, ``ar``: the baselines, as decoded by the codec;
 - ``shared-unit`` / ``shared-plain``: the shared masked model, each hole decoded as the expected
-  code vector rescaled to unit length (session 5) or as is;
+  code vector rescaled to unit length (an early variant) or as is;
 - ``fill-plain``: the recovery-only ``fill`` model (when shipped), expected vector as is,
   predicted on half-overlapping tiles (the default ``masked``); ``fill-plain-disjoint``: on
   disjoint tiles;
 - ``fill-plain-ar``: the same with ``ar``'s prediction multiplied in; ``fill-plain-ar-disjoint``:
-  on disjoint tiles (session 6's default); ``fill-plain-ar-both-overlap``: ``ar``'s prediction
+  on disjoint tiles (an earlier default); ``fill-plain-ar-both-overlap``: ``ar``'s prediction
   from overlapping tiles too;
 - ``masked-index``: the default's snapped codes;
 - ``shared-exact`` / ``fill-exact``: ``shared-plain`` / ``fill-plain`` run by the integer-exact copy
   of the network (what ``--recover masked`` runs when the bundle ships it: the same filled map on
-  every computer), the decoder's blend at temperature 1 (up to session 20);
+  every computer), the decoder's blend at temperature 1 (earlier 0.1.0 builds);
 - ``fill-exact-t<T>``, ``fill-t<T>``: the blend given to the decoder taken at temperature T (the
   recovered map unchanged); ``recovery.BLEND_TEMPERATURE`` is the codec's choice.
 

@@ -285,7 +285,7 @@ def test_joint_commitment_to_the_base_book(photos, tmp_path):  # noqa: F811
 @needs_taef2
 @pytest.mark.parametrize("quantizer", ["looc", "dual", "vq"])
 def test_joint_with_a_new_quantizer_trains_its_own_ladder_and_exports_it(photos, tmp_path, quantizer):  # noqa: F811
-    """``--joint --quantizer looc|dual`` from a plain bundle (issue 31's fair comparison; ``vq``:
+    """``--joint --quantizer looc|dual`` from a plain bundle (the equal-budget quantizer comparison; ``vq``:
     a new plain book of another size): the new quantizer's books are seeded, its reduced books
     (any K, e.g. 3) are made from the same vectors and trained beside the encoder and the
     quantizer's own book; ``--resume`` keeps them, and ``vqc export`` ships exactly those books,

@@ -251,7 +251,7 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     ):  # nothing lost: every method gives the same image
         out, report = codec.decode_with_report(intact, b, method=method)
         assert report.missing_positions == 0 and np.array_equal(out, codec.decode(intact, b))
-    # the weights alone travel (model.pt, e.g. back from a lent accelerator); --init starts from them with
+    # the weights alone travel (model.pt, e.g. back from a GPU machine); --init starts from them with
     # a fresh optimizer, its steps counted on; crops and masks drawn by a worker process
     fill_weights = tmp_path / "run-fill" / "model.pt"
     assert torch.load(fill_weights, weights_only=True)["step"] == 4

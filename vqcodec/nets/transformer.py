@@ -30,7 +30,7 @@ in one batch, bit for bit as before."""
 PRIOR_WEIGHT = 0.3
 """Weight of a second model's log-probabilities in ``fill``'s product of experts. On the 8 held-out
 training photos (K=64, 30 % loss, LPIPS-VGG rise, never Kodak) 0.3 beat 0.5 and none with the
-session-6 models; with the annealed ``fill`` (22327 steps) it no longer helps (0.0077 vs 0.0076
+first recovery models (0.1.0, 2026-11); with the annealed ``fill`` (22327 steps) it no longer helps (0.0077 vs 0.0076
 without, 6 loss patterns), so the codec's ``masked`` runs ``fill`` alone. Kept for that comparison
 (``benchmarks/recovery_holdout.py``), the next retrained pair may tip it back."""
 

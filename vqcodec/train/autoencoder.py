@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--commit-to", choices=["drawn", "base"], default="drawn",
                     help="with --joint (plain VQ): the commitment loss pulls the encoder towards the drawn book's "
                          "code (VQ-VAE's) or the base book's nearest code, so that the small books, drawn 40 %% "
-                         "of the steps, do not drag the latents towards their few codes (session 18's colour cast)")
+                         "of the steps, do not drag the latents towards their few codes (a colour cast seen in training)")
     ap.add_argument("--encoder-lr-scale", type=float, default=None, metavar="S",
                     help="with --joint: the encoder and quant_conv train at S x the LR (default: --old-lr-scale)")
     ap.add_argument("--book-sizes", type=int, nargs="+", default=None, metavar="K",
@@ -280,7 +280,7 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the model; with ``--old-lr-scale`` the tensors a bundle already had train at
         that share of the LR and the new ones (``--dec-blocks``) at the full LR, so growing a
-        converged decoder does not first undo its last LR decay (session 13: restarting vqc-gan2
+        converged decoder does not first undo its last LR decay (measured: restarting vqc-gan2
         at the full rate cost its val LPIPS 0.015 before the new decay won it back)."""
         new = set(self.new_params)
         params = dict(self.model.named_parameters())

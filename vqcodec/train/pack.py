@@ -1,6 +1,6 @@
 """Pack what training needs into one small folder that can travel to an accelerator machine.
 
-A lent GPU machine gets the repository and at most 64 MiB of carried files, not ``../shared``
+A remote GPU machine may get the repository and at most 64 MiB of carried files, not ``../shared``
 (115 MB of photos, 59 MB of VGG weights) and maybe not the ``lpips`` wheel. This writes:
 
 - ``<out>/train/<subfolder>/<stem>.jpg``: every training photo (never Kodak), long side at most

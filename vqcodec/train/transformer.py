@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--local", type=int, default=2, help="3x3 convolution blocks before attention")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                    help="cuda: a lent accelerator (bf16 autocast there)")
+                    help="cuda: train on a GPU (bf16 autocast there)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes drawing crops and masks (an accelerator outruns one Python loop); 0 = in this "
                          "process, the only mode whose --resume replays the same batches")  # fmt: skip
@@ -363,7 +363,7 @@ def _worker_batches(maps, cfg, args, start: int):
 
 def _save(path: Path, model, opt, step, rng, cfg) -> None:
     """``last.ckpt`` (resumable: optimizer and sampler state too) and ``model.pt`` beside it (the weights
-    alone, a few MB: what travels between machines, e.g. back from a lent accelerator, for ``--init``)."""
+    alone, a few MB: what travels between machines, e.g. back from a GPU machine, for ``--init``)."""
     tmp = path.with_suffix(".tmp")
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"model": weights, "opt": opt.state_dict(), "step": step, "rng": rng.getstate(),
