@@ -365,3 +365,28 @@ def test_light_commands_do_not_import_torch(models_env, photo, tmp_path):
     assert got["codes"] == [0] * len(argvs), proc.stderr
     assert got["torch"] is False
     assert "72x40" in proc.stdout and "tiny" in proc.stdout and (tmp_path / "lossy.vqc").exists()
+
+
+def test_version_names_package_default_model_and_formats(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    import vqcodec
+    from vqcodec import container, zoo
+    from vqcodec.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    model_id = zoo._read_manifest(zoo.find_bundle(zoo.DEFAULT_MODEL))["model_id"]
+    assert lines[0] == f"vqcodec {vqcodec.__version__}"
+    assert zoo.DEFAULT_MODEL in lines[1] and model_id in lines[1]
+    for v in (container.VERSION, container.PACKET_VERSION, container.PARITY_VERSION):
+        assert f"{v} (" in lines[2]
+    # answers without loading torch (a fresh process: this one has it already)
+    code = "import sys; from vqcodec.cli import main; main(['--version']); assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"vqcodec {vqcodec.__version__}")

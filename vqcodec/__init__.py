@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from vqcodec.imageio import load_image, save_image
     from vqcodec.zoo import Bundle, available, load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+"""The package version; pyproject.toml reads it from here (setuptools ``dynamic``), so it is written once."""
 
 _LAZY = {
     "decode": "vqcodec.api",

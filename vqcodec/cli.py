@@ -748,8 +748,37 @@ TORCH_FREE = {"info", "corrupt", "models", "bulk"}
 for the threads itself; ``bulk`` runs its networks on Dask workers, which read ``VQC_THREADS``)."""
 
 
+def version_text() -> str:
+    """What ``vqc --version`` prints: the package, the default model (name and id, from its
+    manifest) and the container format versions, read from ``vqcodec.container``. No networks
+    are loaded, so it answers at once."""
+    from vqcodec import __version__, container, zoo
+
+    try:
+        model = f"{zoo.DEFAULT_MODEL} (model id {zoo._read_manifest(zoo.find_bundle(zoo.DEFAULT_MODEL))['model_id']})"
+    except VqcError:
+        model = f"{zoo.DEFAULT_MODEL} (not installed)"
+    formats = {container.VERSION: "single stream", container.PACKET_VERSION: "packets",
+               container.PARITY_VERSION: "packets with parity"}  # fmt: skip
+    versions = ", ".join(f"{v} ({what})" for v, what in sorted(formats.items()))
+    return f"vqcodec {__version__}\ndefault model: {model}\n.vqc format versions read and written: {versions}"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(version_text(), highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version,
+                     help="show the version, the default model and the .vqc format versions, and exit"),
+    ] = False,
+) -> None:
     # runs before every command (not for --help); no docstring: it would compete with the app's help
     if ctx.invoked_subcommand not in TORCH_FREE:
         _torch_threads()
