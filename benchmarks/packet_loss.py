@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec, corrupt, metrics, recovery  # noqa: E402
+from vqcodec import channel, codec, metrics, recovery  # noqa: E402
 from vqcodec.errors import VqcFormatError  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                                         # a loss pattern of its own per image, rate and seed (one seed for
                                         # all would drop the same packets everywhere, and nest the rates)
                                         ch = zlib.crc32(f"{p.name}|{loss}|{seed}{extra}".encode())
-                                        lossy, rep = corrupt.corrupt(data, loss=loss, burst=burst, seed=ch)
+                                        lossy, rep = channel.corrupt(data, loss=loss, burst=burst, seed=ch)
                                         t = time.perf_counter()
                                         try:
                                             got, _, report = codec.unpack_packets(lossy, bundle, method=method)

@@ -110,7 +110,7 @@ def encoder_worker(jobs: list[list]) -> dict[str, str]:
 
     if threads:
         torch.set_num_threads(int(threads))
-    from vqcodec import codec, corrupt
+    from vqcodec import channel, codec
     from vqcodec.container import CodingMode
     from vqcodec.imageio import load_image
     from vqcodec.zoo import load_model
@@ -124,7 +124,7 @@ def encoder_worker(jobs: list[list]) -> dict[str, str]:
         enc = codec.quantize(latents[image], bundle, k)
         data = codec.pack(enc, bundle, CodingMode[mode], packets)
         if seed is not None:
-            data = corrupt.corrupt(data, loss=0.3, seed=seed)[0]
+            data = channel.corrupt(data, loss=0.3, seed=seed)[0]
         Path(dest).write_bytes(data)
         out[dest] = map_hash(enc.indices) if seed is None else "lossy"
     return out

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec, corrupt, interleave, recovery  # noqa: E402
+from vqcodec import channel, codec, interleave, recovery  # noqa: E402
 from vqcodec.perceptual import LPIPS  # noqa: E402
 from vqcodec.train.data import list_images, load_rgb, split_holdout  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
@@ -52,7 +52,7 @@ def holes(h: int, w: int, loss: float, seed: int, packets: int = 16, burst: floa
     rng = np.random.default_rng(seed)
     assign = interleave.assignment(h, w, packets)
     while True:
-        drop = rng.random(packets) < loss if burst == 1 else corrupt.loss_pattern(packets, loss, burst, rng)
+        drop = rng.random(packets) < loss if burst == 1 else channel.loss_pattern(packets, loss, burst, rng)
         lost = np.flatnonzero(drop)
         if len(lost):
             return np.isin(assign, lost)

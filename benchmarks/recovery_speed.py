@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec, corrupt, recovery  # noqa: E402
+from vqcodec import channel, codec, recovery  # noqa: E402
 from vqcodec.imageio import load_image  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, p in enumerate(sorted(args.data.glob("*.png"))[: args.images]):
         img = load_image(p).pixels
         data = codec.pack(codec.analyze(img, bundle, args.k), bundle, packets=args.packets)
-        files.append((p.name, img.shape, data, corrupt.corrupt(data, loss=args.loss, seed=i)[0]))
+        files.append((p.name, img.shape, data, channel.corrupt(data, loss=args.loss, seed=i)[0]))
     if not files:
         raise SystemExit(f"no .png images in {args.data}")
     codec.decode(files[0][3], bundle)  # warm-up: lazy loads of every transformer, allocator caches

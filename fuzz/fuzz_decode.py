@@ -57,7 +57,7 @@ def seed_corpus(bundle, folder: Path) -> None:
     """Real encodes in each of the harness's three modes (first byte): every coding mode and
     several K as v1 files, packetized v2 files (some damaged), and v2 field/payload seeds."""
     from tests.conftest import make_image
-    from vqcodec import codec, container, corrupt
+    from vqcodec import channel, codec, container
     from vqcodec.container import CodingMode
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def seed_corpus(bundle, folder: Path) -> None:
         for packets in (2, 8):
             data = codec.pack(enc, bundle, CodingMode.STATIC, packets=packets)
             (folder / f"raw-v2-k{k}-p{packets}").write_bytes(b"\x00" + data)
-            lossy, _ = corrupt.corrupt(data, loss=0.3, seed=i)
+            lossy, _ = channel.corrupt(data, loss=0.3, seed=i)
             (folder / f"raw-v2-k{k}-p{packets}-lossy").write_bytes(b"\x00" + lossy)
             spans = container.packet_spans(data)
             payloads = b"".join(data[a + container.PACKET_HEAD.size : b - 2] for a, b in spans)
@@ -99,9 +99,9 @@ def _v2_from(data: bytes) -> bytes:
     except Exception:  # noqa: BLE001 - fuzzed fields the writer refuses: keep the raw bytes
         return data
     if rest and rest[0] & 1:  # drop, duplicate and reorder packets as a channel would
-        from vqcodec import corrupt
+        from vqcodec import channel
 
-        blob, _ = corrupt.corrupt(blob, loss=(rest[0] >> 1) / 128, seed=rest[-1], duplicate=0.2, shuffle=True)
+        blob, _ = channel.corrupt(blob, loss=(rest[0] >> 1) / 128, seed=rest[-1], duplicate=0.2, shuffle=True)
     return blob
 
 

@@ -82,6 +82,8 @@ def test_public_names_resolve_lazily():
     from vqcodec import api, codec, fileinfo, imageio, zoo
 
     assert vqcodec.encode is api.encode and vqcodec.decode_array is api.decode_array
+    assert vqcodec.corrupt is api.corrupt and vqcodec.decode_report is api.decode_report
+    assert vqcodec.Decoded is api.Decoded and vqcodec.LossReport is codec.LossReport
     assert vqcodec.info is fileinfo.info is codec.info and vqcodec.FileInfo is codec.FileInfo
     assert vqcodec.Encoded is codec.Encoded and vqcodec.Bundle is zoo.Bundle
     assert vqcodec.load_image is imageio.load_image and vqcodec.available is zoo.available
@@ -92,3 +94,69 @@ def test_public_names_resolve_lazily():
     assert load_model is zoo.load_model
     with pytest.raises(AttributeError, match="no_such_name"):
         vqcodec.no_such_name  # noqa: B018
+
+
+def test_encode_packets_and_parity_round_trip(tiny):
+    arr = make_image(64, 96)
+    data = vqcodec.encode(arr, 16, tiny, packets=16, parity=4)
+    scan = vqcodec.info(data).packets
+    assert scan is not None and (scan.packets, scan.parity) == (16, 4)
+    assert vqcodec.encode(arr, 16, tiny, packets="16", parity=4) == data  # "16" as the CLI reads it
+    intact = vqcodec.decode_report(data, tiny)
+    assert intact.report.packets == 16 and intact.report.received == 16 and intact.report.intact
+    plain = vqcodec.decode(vqcodec.encode(arr, 16, tiny, entropy="static"), tiny)
+    assert np.array_equal(np.asarray(intact.image), np.asarray(plain))  # same indices, same picture
+    sized = vqcodec.info(vqcodec.encode(arr, 16, tiny, packets="16B")).packets  # a size: the count follows
+    assert sized is not None and sized.packets >= 1 and sized.parity == 0
+
+
+def test_corrupt_then_decode_report_names_the_losses(tiny):
+    data = vqcodec.encode(make_image(64, 96), 16, tiny, packets=16)
+    lossy = vqcodec.corrupt(data, loss=0.4, seed=3)
+    assert lossy == vqcodec.corrupt(data, loss=0.4, seed=3) and len(lossy) < len(data)  # seeded
+    out = vqcodec.decode_report(lossy, tiny, recover="neighbour")
+    assert isinstance(out, vqcodec.Decoded) and isinstance(out.report, vqcodec.LossReport)
+    assert out.image.mode == "RGB" and out.image.size == (96, 64)
+    rep = out.report
+    assert rep.packets == 16 and rep.lost_packets and rep.received == 16 - len(rep.lost_packets)
+    assert rep.method == "neighbour" and 0 < rep.missing_positions < rep.positions
+    assert f"{rep.received}/16 packets received" in rep.summary()
+    assert vqcodec.decode(lossy, tiny, recover="neighbour").size == (96, 64)
+    # parity rebuilds what it covers: the report says so and nothing is predicted
+    protected = vqcodec.encode(make_image(64, 96), 16, tiny, packets=16, parity=4)
+    dropped = vqcodec.corrupt(protected, loss=0.1, seed=0)
+    healed = vqcodec.decode_report(dropped, tiny).report
+    assert healed.rebuilt and healed.intact and not healed.lost_packets
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"parity": 2}, "give --packets N too"),
+        ({"packets": 0}, "--packets takes a count in 1..255"),
+        ({"packets": 300}, "--packets takes a count in 1..255"),
+        ({"packets": "8B"}, "--packets takes a count"),
+        ({"packets": 2.5}, "--packets takes a count"),
+        ({"packets": 8, "parity": 99}, "0..63"),
+        ({"packets": 250, "parity": 10}, "exceed 255"),
+        ({"packets": 8, "parity": 1.5}, "--parity takes a whole number"),
+        ({"entropy": "zip"}, "unknown entropy coder"),
+    ],
+)
+def test_bad_packet_options_are_one_line_usage_errors(tiny, kwargs, needle):
+    with pytest.raises(VqcUsageError, match=needle) as e:
+        vqcodec.encode(make_image(16, 16), 16, tiny, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_channel_and_recovery_options(tiny):
+    plain = vqcodec.encode(make_image(32, 32), 16, tiny)
+    with pytest.raises(VqcUsageError, match="not packetized"):
+        vqcodec.corrupt(plain, loss=0.5)
+    packed = vqcodec.encode(make_image(32, 32), 16, tiny, packets=4)
+    for kwargs, needle in (({"loss": 1.5}, "--loss"), ({"burst": 0.5}, "--burst"), ({"ber": 2}, "--ber")):
+        with pytest.raises(VqcUsageError, match=needle):
+            vqcodec.corrupt(packed, **kwargs)
+    with pytest.raises(VqcUsageError, match="unknown recovery method"):
+        vqcodec.decode_report(packed, tiny, recover="guess")
+    assert vqcodec.decode_report(plain, tiny).report.packets == 0  # no packets: an empty report

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vqcodec import codec, container, corrupt, interleave, recovery
+from vqcodec import channel, codec, container, interleave, recovery
 from vqcodec.cli import main
 from vqcodec.container import Header
 from vqcodec.errors import VqcFormatError, VqcUsageError
@@ -77,7 +77,7 @@ def test_any_loss_still_gives_an_image(tiny, loss):
     img = make_image(96, 128, seed=1)
     data = codec.encode(img, 16, tiny) and codec.pack(codec.analyze(img, tiny, 16), tiny, packets=16)
     for seed in range(3):
-        bad, rep = corrupt.corrupt(data, loss=loss, seed=seed)
+        bad, rep = channel.corrupt(data, loss=loss, seed=seed)
         for method in ("auto", "none", "neighbour"):
             if len(rep.dropped) == 16:  # nothing of the map arrived: an error, not an invented picture
                 with pytest.raises(VqcFormatError, match="every packet of the index map was lost"):
@@ -95,7 +95,7 @@ def test_bit_flips_become_losses_not_wrong_indices(tiny):
     enc = codec.analyze(img, tiny, 64)
     data = codec.pack(enc, tiny, packets=12)
     for seed in range(5):
-        bad, rep = corrupt.corrupt(data, ber=2e-3, seed=seed, shuffle=True, duplicate=0.3)
+        bad, rep = channel.corrupt(data, ber=2e-3, seed=seed, shuffle=True, duplicate=0.3)
         got, _, report = codec.unpack_packets(bad, tiny, method="none")
         assign = interleave.assignment(*enc.indices.shape[1:], 12)
         for p in range(12):
@@ -105,21 +105,21 @@ def test_bit_flips_become_losses_not_wrong_indices(tiny):
 
 def test_loss_patterns_are_seeded_and_have_the_right_rate():
     rng = np.random.default_rng(0)
-    iid = corrupt.loss_pattern(20000, 0.3, 1, rng)
+    iid = channel.loss_pattern(20000, 0.3, 1, rng)
     assert abs(iid.mean() - 0.3) < 0.02
-    bursty = corrupt.loss_pattern(20000, 0.3, 4, np.random.default_rng(1))
+    bursty = channel.loss_pattern(20000, 0.3, 4, np.random.default_rng(1))
     assert abs(bursty.mean() - 0.3) < 0.04
     runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], bursty.astype(int), [0]]))))[::2]
     assert 3 < runs.mean() < 5
-    a = corrupt.loss_pattern(50, 0.5, 2, np.random.default_rng(7))
-    assert (a == corrupt.loss_pattern(50, 0.5, 2, np.random.default_rng(7))).all()
+    a = channel.loss_pattern(50, 0.5, 2, np.random.default_rng(7))
+    assert (a == channel.loss_pattern(50, 0.5, 2, np.random.default_rng(7))).all()
     with pytest.raises(VqcUsageError):
-        corrupt.loss_pattern(5, 1.5, 1, rng)
+        channel.loss_pattern(5, 1.5, 1, rng)
 
 
 def test_corrupt_needs_a_packetized_file(tiny):
     with pytest.raises(VqcUsageError, match="--packets"):
-        corrupt.corrupt(codec.encode(make_image(32, 32), 16, tiny), loss=0.5)
+        channel.corrupt(codec.encode(make_image(32, 32), 16, tiny), loss=0.5)
 
 
 def test_neighbour_recovery_beats_fixed_fill_on_smooth_maps():
@@ -217,7 +217,7 @@ def test_parity_file_decodes_identically_after_r_losses(tiny):
     enc = codec.analyze(img, tiny, 16)
     data = codec.pack(enc, tiny, packets=8, parity=2)
     for seed in range(6):
-        lossy, rep = corrupt.corrupt(data, loss=0.2, seed=seed)
+        lossy, rep = channel.corrupt(data, loss=0.2, seed=seed)
         got, _, report = codec.unpack_packets(lossy, tiny)
         if len(rep.dropped) <= 2:
             assert np.array_equal(got.indices, enc.indices) and report.intact

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqcodec import codec, container, corrupt, zoo
+from vqcodec import channel, codec, container, zoo
 from vqcodec.container import CodingMode
 from vqcodec.context import _groups_in_order
 from vqcodec.errors import VqcFormatError
@@ -80,7 +80,7 @@ def _generate() -> None:
         for k, mode, packets, seed in jobs:
             data = codec.pack(codec.analyze(crop, bundle, k), bundle, mode, packets)
             if seed is not None:
-                data = corrupt.corrupt(data, loss=0.3, seed=seed)[0]
+                data = channel.corrupt(data, loss=0.3, seed=seed)[0]
             name = f"{photo}-k{k}-{mode.name.lower()}{'-lossy' if seed is not None else ''}.vqc"
             (GOLDEN / name).write_bytes(data)
             expected[name] = {

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vqcodec import codec, corrupt, zoo
+from vqcodec import channel, codec, zoo
 from vqcodec.cli import main
 from vqcodec.nets.dual import DualCodebookVQ
 from vqcodec.nets.looc import LoocVQ, depth_to_space, space_to_depth
@@ -139,7 +139,7 @@ def test_bundle_round_trip(quantizer_bundles, quantizer, monkeypatch):
         out = codec.decode(data, bundle)
         assert out.shape == img.shape and np.array_equal(out, codec.decode(data, bundle))
         # packetized, half the packets lost: recovered, every plane filled from its own book
-        lossy, _ = corrupt.corrupt(codec.pack(codec.analyze(img, bundle, k), bundle, packets=6), loss=0.5, seed=1)
+        lossy, _ = channel.corrupt(codec.pack(codec.analyze(img, bundle, k), bundle, packets=6), loss=0.5, seed=1)
         method = "masked" if bundle.m > 1 else "neighbour"  # masked falls back to neighbour for m > 1
         got, report = codec.decode_with_report(lossy, bundle, method=method)
         assert got.shape == img.shape and report.missing_positions > 0

@@ -161,7 +161,7 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     import pytest
     from PIL import Image
 
-    from vqcodec import codec, corrupt, zoo
+    from vqcodec import channel, codec, zoo
     from vqcodec.errors import VqcUsageError
 
     from .conftest import make_image
@@ -179,7 +179,7 @@ def test_train_export_and_masked_recovery(tiny_bundle_dir, tmp_path):
     assert b.model_id == before.model_id and b.recovery_model is not None
     assert b.manifest["recovery"]["steps"] == 3
     data = codec.pack(codec.analyze(make_image(96, 128), b, 16), b, packets=8)
-    lossy, _ = corrupt.corrupt(data, loss=0.4, seed=1)
+    lossy, _ = channel.corrupt(data, loss=0.4, seed=1)
     out, report = codec.decode_with_report(lossy, b)
     assert out.shape == (96, 128, 3) and report.method == "masked"
     assert codec.decode_with_report(lossy, b, method="neighbour")[1].method == "neighbour"

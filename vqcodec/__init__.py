@@ -6,6 +6,10 @@
 (56, 40)
 >>> vqcodec.info(data).header.codebook_size
 64
+>>> sent = vqcodec.encode(np.zeros((64, 96, 3), np.uint8), 16, packets=8, parity=2)
+>>> out = vqcodec.decode_report(vqcodec.corrupt(sent, loss=0.3, seed=1))   # a lossy link
+>>> out.image.size, out.report.packets
+((96, 64), 8)
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import TYPE_CHECKING
 from vqcodec.errors import VqcBudgetError, VqcError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
 
 if TYPE_CHECKING:
-    from vqcodec.api import decode, decode_array, encode
-    from vqcodec.codec import Encoded
+    from vqcodec.api import Decoded, corrupt, decode, decode_array, decode_report, encode
+    from vqcodec.codec import Encoded, LossReport
     from vqcodec.fileinfo import FileInfo, info
     from vqcodec.imageio import load_image, save_image
     from vqcodec.zoo import Bundle, available, load_model
@@ -26,10 +30,14 @@ __version__ = "0.2.0"
 """The package version; pyproject.toml reads it from here (setuptools ``dynamic``), so it is written once."""
 
 _LAZY = {
+    "corrupt": "vqcodec.api",
     "decode": "vqcodec.api",
     "decode_array": "vqcodec.api",
+    "decode_report": "vqcodec.api",
+    "Decoded": "vqcodec.api",
     "encode": "vqcodec.api",
     "Encoded": "vqcodec.codec",
+    "LossReport": "vqcodec.codec",
     "FileInfo": "vqcodec.fileinfo",
     "info": "vqcodec.fileinfo",
     "load_image": "vqcodec.imageio",
@@ -57,8 +65,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Bundle",
+    "Decoded",
     "Encoded",
     "FileInfo",
+    "LossReport",
     "VqcBudgetError",
     "VqcError",
     "VqcFormatError",
@@ -66,8 +76,10 @@ __all__ = [
     "VqcModelError",
     "VqcUsageError",
     "available",
+    "corrupt",
     "decode",
     "decode_array",
+    "decode_report",
     "encode",
     "info",
     "load_image",

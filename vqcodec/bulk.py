@@ -113,15 +113,13 @@ class EncodeSettings:
 
     def check(self) -> None:
         """What can be checked without the model (the rest: ``preflight_encode`` on a worker)."""
-        from vqcodec import container
+        from vqcodec import options
 
         if self.max_bytes is not None and self.max_bytes < 1:
             raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {self.max_bytes}")
-        if self.entropy not in ("auto", "exact", "static", "context", "raw"):
-            raise VqcUsageError(f"unknown entropy coder {self.entropy!r}; choose auto, static, exact, context or raw")
-        if self.parity and not (self.packets or self.packet_bytes):
-            raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
-        container.check_parity(self.packets, self.parity)
+        options.coding_mode(self.entropy)
+        packets = f"{self.packet_bytes}B" if self.packet_bytes else self.packets or None
+        options.packet_layout(packets, self.parity)
 
     def identity(self, model_id: int) -> dict:
         """What makes two runs' files comparable: stored in parquet parts, checked on resume."""
@@ -307,7 +305,7 @@ def preflight_encode(settings: EncodeSettings) -> tuple[Any, str, bool]:
     unavailable K is one usage error, not one failure per image). Answers (name, model id)."""
     from vqcodec import codec
     from vqcodec import device as devices
-    from vqcodec.api import coding_mode
+    from vqcodec.options import coding_mode
 
     def check() -> tuple[str, int]:
         _setup()
@@ -329,8 +327,8 @@ def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings
     image is an ``Outcome`` with its error; the others go on."""
     from vqcodec import codec, imageio
     from vqcodec import device as devices
-    from vqcodec.api import coding_mode
     from vqcodec.errors import VqcBudgetError
+    from vqcodec.options import coding_mode
 
     _setup()
     with _LOCK:

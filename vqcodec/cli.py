@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vqcodec import options
 from vqcodec.errors import VqcError, VqcUsageError
 from vqcodec.imageio import IMAGE_SUFFIXES, MAX_PIXELS
 
@@ -230,7 +231,7 @@ def encode(
     vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc ;
     vqc encode photo.png --max-bytes 500
     """
-    from vqcodec import codec, container, imageio, zoo
+    from vqcodec import codec, imageio, zoo
     from vqcodec.errors import VqcBudgetError
 
     if max_bytes is not None:
@@ -244,20 +245,15 @@ def encode(
     files, batch = _expand(inputs, IMAGE_SUFFIXES)
     plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
-    from vqcodec.api import coding_mode
-
-    forced = coding_mode(entropy_coder)
-    n_packets, packet_bytes = _parse_packets(packets)
-    if parity and not (n_packets or packet_bytes):
-        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
-    container.check_parity(n_packets, parity)
+    forced = options.coding_mode(entropy_coder)
+    n_packets, packet_bytes = options.packet_layout(packets, parity)
     sizes = None
     if max_bytes is None:
         bundle.codebook(codebook)  # fail early on an unavailable K
     else:
         sizes = codec.budget_sizes(bundle, forced)  # fail early when forced context coding has no K
 
-    options = codec.PackOptions(forced, n_packets, packet_bytes, parity)
+    pack_options = codec.PackOptions(forced, n_packets, packet_bytes, parity)
 
     def work(job: Job) -> Result:
         with devices.using(dev):  # per job: batch jobs run in pool threads, which start on the CPU
@@ -268,7 +264,7 @@ def encode(
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
             try:
-                data, enc = codec.compress(img.pixels, bundle, codebook, max_bytes, options, sizes)
+                data, enc = codec.compress(img.pixels, bundle, codebook, max_bytes, pack_options, sizes)
             except VqcBudgetError as e:  # name the image: in a batch only some may not fit
                 raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
             if job.dst is None:
@@ -462,7 +458,7 @@ def bulk_encode(
     if max_bytes is not None and _given(ctx, "codebook"):
         raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
     _bulk_cluster(ctx, engine, address, workers)
-    n_packets, packet_bytes = _parse_packets(packets)
+    n_packets, packet_bytes = options.parse_packets(packets)
     settings = bulk.EncodeSettings(codebook, max_bytes, entropy_coder, n_packets, packet_bytes, parity, model, device,
                                    max_pixels)  # fmt: skip
     settings.check()
@@ -566,8 +562,7 @@ def corrupt(
 
     Example: vqc corrupt photo.vqc --loss 0.3 -o lossy.vqc --seed 7
     """
-    from vqcodec import corrupt as channel
-    from vqcodec import imageio
+    from vqcodec import channel, imageio
 
     damaged, report = channel.corrupt(_read(file), loss, burst, ber, shuffle, duplicate, seed)
     imageio.atomic_write_bytes(output, damaged)
@@ -590,10 +585,9 @@ def models_list() -> None:
     found = zoo.manifests()
     if not found:
         raise VqcUsageError("no model bundles found (looked in: " + ", ".join(map(str, zoo.search_paths())) + ")")
-    t = Table("name", "model id", "arch", "K", "Kodak LPIPS @K=64", "path")
+    t = Table("name", "model id", "arch", "K", "Kodak LPIPS-Alex", "path")
     for folder, m in found:
-        s = m.get("scores", {}).get("64", {})
-        lp = f"{s['lpips']:.3f}" if isinstance(s, dict) and "lpips" in s else "-"
+        lp = zoo.kodak_lpips(m)  # at about plain K=64's bits a position
         default = " (default)" if m["name"] == zoo.DEFAULT_MODEL else ""
         t.add_row(m["name"] + default, m["model_id"], m["arch"], ",".join(map(str, m["codebook_sizes"])), lp,
                   str(folder))  # fmt: skip
@@ -698,25 +692,6 @@ def _read(path: Path) -> bytes:
         raise VqcError(f"{path}: permission denied") from None
     except OSError as e:
         raise VqcError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def _parse_packets(spec: str | None) -> tuple[int, int]:
-    """'16' -> (16, 0) packets; '200B' / '200b' -> (0, 200) bytes per packet."""
-    if spec is None:
-        return 0, 0
-    s = spec.strip().lower()
-    try:
-        if s.endswith("b"):
-            n = int(s[:-1])
-            if n < 16:
-                raise ValueError
-            return 0, n
-        n = int(s)
-        if not 1 <= n <= 255:
-            raise ValueError
-        return n, 0
-    except ValueError:
-        raise VqcUsageError(f"--packets takes a count in 1..255 or a size like 200B (>= 16), not {spec!r}") from None
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -86,7 +86,12 @@ class Encoded:
 
 @dataclass(frozen=True)
 class LossReport:
-    """What a decode found missing and how it was filled (all zero for intact files)."""
+    """What a decode found missing and how it was filled (all zero for files without packets):
+    ``vqcodec.decode_report(...).report``, and the line ``vqc decode`` prints (``summary``).
+
+    ``lost_packets`` are the data packets still missing after parity did what it could
+    (``rebuilt`` lists those it rebuilt exactly); their indices, ``missing_positions`` of the
+    map's ``positions``, were predicted with ``method``."""
 
     packets: int = 0  # 0: not packetized
     lost_packets: tuple[int, ...] = ()
@@ -104,12 +109,16 @@ class LossReport:
     def intact(self) -> bool:
         return self.missing_positions == 0
 
+    @property
+    def received(self) -> int:
+        """Data packets that arrived intact themselves (not rebuilt)."""
+        return self.packets - len(self.lost_packets) - len(self.rebuilt)
+
     def summary(self) -> str:
         if not self.packets:
             return "not packetized"
         lost = len(self.lost_packets)
-        arrived = self.packets - lost - len(self.rebuilt)
-        s = f"{arrived}/{self.packets} packets received, {lost + len(self.rebuilt)} lost"
+        s = f"{self.received}/{self.packets} packets received, {lost + len(self.rebuilt)} lost"
         if self.parity:
             s += f"; {self.parity_arrived}/{self.parity} parity packets received"
             if self.rebuilt:

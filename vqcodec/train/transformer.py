@@ -91,7 +91,7 @@ def fill_mask(h: int, w: int, rng: random.Random) -> torch.Tensor:
         packets = 16 if rng.random() < 0.5 else rng.choice([4, 8, 32, 64])
         rate = rng.uniform(0.05, 0.6)
         if rng.random() < 1 / 3:
-            from vqcodec.corrupt import loss_pattern
+            from vqcodec.channel import loss_pattern
 
             burst = rng.choice([2, 3, 4, 6, 8])
             lost = np.flatnonzero(loss_pattern(packets, rate, burst, np.random.default_rng(rng.randrange(1 << 30))))

@@ -8,7 +8,10 @@
   packet checksums turn a hit packet into a lost one, never into wrong indices;
 - ``shuffle`` and ``duplicate`` reorder and repeat packets (a reader must not care).
 
-Seeded with numpy's PCG64 (``seed``), so a run is reproducible.
+Seeded with numpy's PCG64 (``seed``), so a run is reproducible. ``vqc corrupt`` and
+``vqcodec.corrupt`` (the public function, which returns the bytes alone) both run ``corrupt``.
+The module was ``vqcodec.corrupt`` before 0.2.0; it was renamed so that the public function can
+have that name.
 """
 
 from __future__ import annotations

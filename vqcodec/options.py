@@ -1,0 +1,80 @@
+"""The encode options every door shares (``vqcodec.encode``, ``vqc encode``, ``vqc bulk encode``):
+parsed and checked here, once, so that each door gives the same one-line error for the same
+bad value and the same bytes for the same good one.
+
+Torch-free (the container constants only): ``vqc bulk`` checks its options on the client, which
+never runs a network.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from vqcodec import container
+from vqcodec.container import CodingMode
+from vqcodec.errors import VqcUsageError
+
+ENTROPY_CODERS = {"static": CodingMode.STATIC, "exact": CodingMode.EXACT, "context": CodingMode.CONTEXT,
+                  "raw": CodingMode.RAW}  # fmt: skip
+"""``entropy=`` / ``--entropy`` names; "auto" (None) lets the codec pick per K."""
+MIN_PACKET_BYTES = 16
+
+
+def coding_mode(entropy: str) -> CodingMode | None:
+    """ "auto" -> None (the codec picks the best available), else the named mode."""
+    if entropy == "auto":
+        return None
+    if entropy not in ENTROPY_CODERS:
+        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, exact, context or raw")
+    return ENTROPY_CODERS[entropy]
+
+
+def parse_packets(spec: int | str | None) -> tuple[int, int]:
+    """``packets`` / ``--packets`` -> (packet count, target bytes per packet), one of them 0.
+
+    None -> (0, 0), not packetized; 16 or "16" -> (16, 0), a count in 1..255; "200B" / "200b"
+    -> (0, 200), a size (at least 16 bytes): the count follows from the payload.
+    """
+    if spec is None:
+        return 0, 0
+    bad = VqcUsageError(f"--packets takes a count in 1..{container.MAX_PACKETS} or a size like 200B "
+                        f"(>= {MIN_PACKET_BYTES}), not {spec!r}")  # fmt: skip
+    if isinstance(spec, bool):
+        raise bad
+    if not isinstance(spec, str):
+        try:
+            spec = str(operator.index(spec))  # ints and numpy integers, not floats
+        except TypeError:
+            raise bad from None
+    s = spec.strip().lower()
+    try:
+        if s.endswith("b"):
+            n = int(s[:-1])
+            if n < MIN_PACKET_BYTES:
+                raise ValueError
+            return 0, n
+        n = int(s)
+        if not 1 <= n <= container.MAX_PACKETS:
+            raise ValueError
+        return n, 0
+    except ValueError:
+        raise bad from None
+
+
+def packet_layout(packets: int | str | None, parity: int = 0) -> tuple[int, int]:
+    """Parse ``packets`` and check ``parity`` against it: (packet count, bytes per packet).
+
+    Parity packets protect the data packets, so they need ``packets``; R is 0..63 and a file
+    has at most 255 packets in all (``container.check_parity``).
+    """
+    n_packets, packet_bytes = parse_packets(packets)
+    try:
+        if isinstance(parity, bool):
+            raise TypeError
+        parity = operator.index(parity)  # ints and numpy integers, not floats or bools
+    except TypeError:
+        raise VqcUsageError(f"--parity takes a whole number of parity packets, not {parity!r}") from None
+    if parity and not (n_packets or packet_bytes):
+        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
+    container.check_parity(n_packets, parity)
+    return n_packets, packet_bytes
