@@ -390,3 +390,14 @@ def test_version_names_package_default_model_and_formats(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"vqcodec {vqcodec.__version__}")
+
+
+@pytest.mark.parametrize("module", ["vqcodec.train.finetune", "vqcodec.train.codebooks"])
+def test_training_tools_import_on_their_own(module, tmp_path):
+    """vqc export (codebooks) and vqc finetune share their checkpoint code through
+    vqcodec.train.checkpoint, not through each other: either imports first in a fresh process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr

@@ -27,6 +27,7 @@ from vqcodec.entropy import FrequencyTable
 from vqcodec.imageio import pad_to_multiple
 from vqcodec.nets.autoencoder import AutoencoderConfig, VQAutoencoder, build_autoencoder, quantizer_record
 from vqcodec.nets.quantizers import l2norm
+from vqcodec.train.checkpoint import load_checkpoint, save_discriminator
 from vqcodec.train.data import list_images, load_rgb, split_holdout
 from vqcodec.zoo import save_bundle
 
@@ -156,8 +157,9 @@ def build_books(
     return books, tables, stats
 
 
-def load_checkpoint(path: Path) -> tuple[VQAutoencoder, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_autoencoder(path: Path) -> tuple[VQAutoencoder, dict]:
+    """The autoencoder of a training checkpoint (eval mode), and the checkpoint's whole state."""
+    state = load_checkpoint(path)
     model = build_autoencoder(AutoencoderConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    model, state = load_checkpoint(args.checkpoint)
+    model, state = load_autoencoder(args.checkpoint)
     if args.save_disc and "disc" not in state:
         raise SystemExit(f"vqc export: --save-disc: {args.checkpoint} has no discriminator to save")
     files, _ = split_holdout(list_images(args.data), 8)
@@ -213,8 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     manifest = save_bundle(args.out, args.name, model, args.arch, books, tables, training, plane_tables=planes)
     print(json.dumps({k: manifest[k] for k in ("name", "model_id", "codebook_sizes")}))
     if args.save_disc:
-        from vqcodec.train.finetune import save_discriminator
-
         save_discriminator(state["disc"], args.save_disc)
         print(f"wrote {args.save_disc}")
     for k, s in stats.items():

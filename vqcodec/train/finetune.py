@@ -24,12 +24,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from vqcodec.entropy import FrequencyTable
+from vqcodec.nets.autoencoder import AutoencoderConfig, build_autoencoder
+from vqcodec.perceptual import LPIPS
+from vqcodec.train.checkpoint import load_checkpoint, save_discriminator
 from vqcodec.train.codebooks import build_books, collect_latents, is_joint
 from vqcodec.train.data import CropStream, list_images, load_rgb, split_holdout
 from vqcodec.zoo import copy_transformers, load_model, save_bundle
@@ -38,18 +43,11 @@ FROZEN = ("encoder.", "quant_conv.", "quantize.embedding")
 """Weights a --decoder-from checkpoint must share with the bundle (they make the index maps)."""
 
 
-def load_checkpoint(ckpt: Path) -> dict:
-    """A training checkpoint, read once (it is ~160 MB with both optimizers) for every part taken from it."""
-    return torch.load(ckpt, map_location="cpu", weights_only=True)
-
-
 def take_decoder(model, ckpt: Path, state: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The bundle's ``model`` with the decoder of a --decoder-only training checkpoint, and its record;
     refuses one whose encoder or base codebook differ from the bundle's (its index maps would mean
     other things). A run that grew the decoder (``vqc train --dec-blocks``) gives a model of its
     own, larger configuration: loading it into the bundle's would silently drop the new blocks."""
-    from vqcodec.nets.autoencoder import AutoencoderConfig, build_autoencoder
-
     state = load_checkpoint(ckpt) if state is None else state
     sd = state["model"]
     cfg = AutoencoderConfig.from_dict(state["config"]) if "config" in state else model.config
@@ -84,8 +82,6 @@ def tuned_books(ckpt: Path, bundle, state: dict) -> dict[int, torch.Tensor]:
 
 def new_tables(model, books: dict, files: list[Path], images: int, base_k: int) -> dict:
     """Frequency tables of every book from the index maps of ``images`` training photos."""
-    from vqcodec.entropy import FrequencyTable
-
     stats_imgs = [load_rgb(files[i], 768) for i in range(0, len(files), max(1, len(files) // images))]
     latents = collect_latents(model, stats_imgs[:images])
     _, tables, _ = build_books(model, latents, sizes=[base_k])  # it re-derives K-means books: keep ours
@@ -97,8 +93,6 @@ def new_tables(model, books: dict, files: list[Path], images: int, base_k: int) 
 def finetune_book(model, book: torch.Tensor, crops: CropStream, steps: int, batch: int, lr: float,
                   lpips=None, lpips_weight: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Optimise the (K, d) code vectors of ``book`` for reconstruction; returns (book, log)."""
-    import random
-
     rng = random.Random(seed)
     q = model.quantize
     param = torch.nn.Parameter(book.clone())
@@ -178,8 +172,6 @@ def main(argv: list[str] | None = None) -> None:
     crops = CropStream(photos, args.crop)
     lpips = None
     if args.lpips_weight:
-        from vqcodec.perceptual import LPIPS
-
         lpips = LPIPS("vgg", layers=3)
     base_k = model.config.n_embed
     ks = args.ks or [k for k in bundle.codebook_sizes if k != base_k]
@@ -217,15 +209,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_disc:
         save_discriminator(disc, args.save_disc)
         print(f"wrote {args.save_disc}")
-
-
-def save_discriminator(disc: dict[str, torch.Tensor], path: Path) -> None:
-    """The discriminator of a training checkpoint as fp16 safetensors (5.5 MB instead of the 127 MB
-    checkpoint with both optimizers), so a run's adversary survives a machine that does not."""
-    from vqcodec.zoo import save_fp16
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_fp16(disc, path)
 
 
 if __name__ == "__main__":
