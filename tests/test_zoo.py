@@ -130,3 +130,14 @@ def test_written_bundle_files_follow_the_umask(tmp_path):
         os.umask(old)
     for f in (zoo.WEIGHTS, zoo.CODEBOOKS, zoo.MANIFEST):
         assert (folder / f).stat().st_mode & 0o777 == 0o644, f
+
+
+def test_models_are_listed_with_lpips_at_plain_k64s_rate():
+    """``vqc models`` quotes each bundle's Kodak LPIPS-Alex at about 6 bits a position: plain VQ's
+    K=64, and K=8 for a bundle with m = 2 index planes (2 x log2 8 bits)."""
+    plain = {"quantizer": {"m": 1}, "scores": {str(k): {"lpips": 0.5} for k in (8, 64, 1024)} | {"dataset": "x"}}
+    assert zoo.reference_k(plain) == 64 and zoo.kodak_lpips(plain) == "0.500 (K=64)"
+    two = {"quantizer": {"m": 2}, "scores": {str(k): {"lpips": 0.25} for k in (3, 6, 8, 11, 32)}}
+    assert zoo.reference_k(two) == 8 and zoo.kodak_lpips(two) == "0.250 (K=8, m=2)"
+    assert zoo.kodak_lpips({"quantizer": {"m": 1}, "scores": {}}) == "-"
+    assert zoo.kodak_lpips({"quantizer": {"m": 1}, "scores": {"64": {"bpp": 0.1}}}) == "-"

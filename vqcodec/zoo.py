@@ -290,6 +290,32 @@ def manifests() -> list[tuple[Path, dict]]:
     return out
 
 
+REFERENCE_BITS = 6.0
+"""Bits a position of plain VQ at K=64, the rate at which ``vqc models`` quotes each bundle's Kodak
+LPIPS: a bundle with m index planes is quoted at the K where m x log2 K is nearest (LooC or the dual
+codebook with m = 2: K = 8), so bundles of different quantizers are listed at about the same rate."""
+
+
+def reference_k(manifest: dict) -> int | None:
+    """The scored K of a bundle nearest to ``REFERENCE_BITS`` bits a position (ties: the smaller K)."""
+    m = int(manifest.get("quantizer", {}).get("m", manifest.get("config", {}).get("m", 1)))
+    scored = [int(k) for k, s in manifest.get("scores", {}).items() if k.isdigit() and isinstance(s, dict)]
+    if not scored:
+        return None
+    return min(scored, key=lambda k: (abs(m * np.log2(k) - REFERENCE_BITS), k))
+
+
+def kodak_lpips(manifest: dict) -> str:
+    """``0.389 (K=64)``: the measured Kodak LPIPS-Alex of a manifest at its reference K (m > 1: the
+    planes are named, ``K=8, m=2``), or ``-`` when the bundle carries no Kodak scores."""
+    k = reference_k(manifest)
+    s = manifest["scores"].get(str(k), {}) if k is not None else {}
+    if "lpips" not in s:
+        return "-"
+    m = int(manifest.get("quantizer", {}).get("m", 1))
+    return f"{s['lpips']:.3f} (K={k}" + (f", m={m})" if m > 1 else ")")
+
+
 def find_by_id(model_id: int) -> Path:
     """The installed bundle whose manifest carries ``model_id`` (what a .vqc header names)."""
     for folder, man in manifests():
