@@ -1,0 +1,217 @@
+"""The worker side of a bulk job: the tasks Dask runs (``encode_chunk``, ``decode_chunk`` and the
+preflights) and the per-process state they share (the model, loaded once per worker process).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vqcodec.bulk.settings import DecodeSettings, EncodeSettings, Outcome, _one_line
+from vqcodec.errors import VqcError, VqcModelError, VqcUsageError
+
+_LOCK = threading.Lock()
+_BUNDLES: dict[str, Any] = {}
+_STATS = {"model_loads": 0, "encoded": 0, "decoded": 0, "busy": 0, "chunks": 0}
+_READY = False
+
+def _setup() -> None:
+    """Once per worker process: ``VQC_THREADS`` torch threads (without it torch keeps what the
+    worker was started with: Dask's nanny sets ``OMP_NUM_THREADS=1``, one thread per task)."""
+    global _READY
+    if _READY:
+        return
+    threads = os.environ.get("VQC_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    _READY = True
+
+
+def _bundle(model: str | None = None, model_id: int | None = None):
+    """The bundle, loaded once per worker process (by name or folder, or by a file's model id):
+    loading checks the sha256 of ~25 MB of weights and builds the networks, about 1.5 s, which a
+    per-image load would pay 100k times a day."""
+    from vqcodec import zoo
+
+    key = model or (f"id:{model_id:08x}" if model_id is not None else zoo.DEFAULT_MODEL)
+    with _LOCK:
+        if key not in _BUNDLES:
+            _BUNDLES[key] = zoo.load_model(model or (zoo.find_by_id(model_id) if model_id is not None else None))
+            _STATS["model_loads"] += 1
+        return _BUNDLES[key]
+
+
+def worker_stats() -> dict:
+    """This process's counters (``client.run(worker_stats)``: one dict per worker): model loads,
+    images encoded and decoded, chunks, and how many chunks are running now."""
+    return dict(_STATS, pid=os.getpid())
+
+
+def _tell(topic: str | None, chunk_id: int, done: int) -> None:
+    """Per-image progress to the client (a Dask event: scheduler -> subscribed client)."""
+    if topic is None:
+        return
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(topic, {"chunk": chunk_id, "done": done})
+    except (ImportError, ValueError):  # not running on a Dask worker (direct calls, tests)
+        pass
+
+
+def _failed(key: str, e: BaseException) -> Outcome:
+    msg = str(e) if isinstance(e, VqcError) else f"{type(e).__name__}: {e}"
+    msg = _one_line(msg)
+    return Outcome(key, False, error=msg if msg.startswith(f"{key}:") else f"{key}: {msg}")
+
+
+def _answer(check: Callable[[], Any]) -> tuple[Any, str, bool]:
+    """(result, "", False), or (None, error, is a usage error): a preflight returns its error
+    rather than raising it, so the worker logs no traceback beside the client's one line."""
+    try:
+        return check(), "", False
+    except VqcError as e:
+        return None, _one_line(str(e)), isinstance(e, VqcUsageError)
+
+
+def preflight_encode(settings: EncodeSettings) -> tuple[Any, str, bool]:
+    """On one worker before the job: load the model and check the options against it (an
+    unavailable K is one usage error, not one failure per image). Answers (name, model id)."""
+    from vqcodec import codec
+    from vqcodec import device as devices
+    from vqcodec.options import coding_mode
+
+    def check() -> tuple[str, int]:
+        _setup()
+        bundle = _bundle(settings.model)
+        devices.resolve(settings.device)
+        forced = coding_mode(settings.entropy)
+        if settings.max_bytes is None:
+            bundle.codebook(settings.codebook)
+        else:
+            codec.budget_sizes(bundle, forced)
+        return bundle.name, bundle.model_id
+
+    return _answer(check)
+
+
+def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings, model_id: int | None,
+                 topic: str | None = None, chunk_id: int = 0) -> list[Outcome]:  # fmt: skip
+    """Encode (key, image file bytes) pairs: exactly what ``vqc encode`` writes for each. A bad
+    image is an ``Outcome`` with its error; the others go on."""
+    from vqcodec import codec, imageio
+    from vqcodec import device as devices
+    from vqcodec.errors import VqcBudgetError
+    from vqcodec.options import coding_mode
+
+    _setup()
+    with _LOCK:
+        _STATS["busy"] += 1
+        _STATS["chunks"] += 1
+    try:
+        try:
+            bundle = _bundle(settings.model)
+            if model_id is not None and bundle.model_id != model_id:
+                raise VqcModelError(f"this worker's model {bundle.name!r} has id {bundle.model_id:08x}, the job's "
+                                    f"has {model_id:08x}: install the same bundle on every worker")  # fmt: skip
+            dev = devices.resolve(settings.device)
+            opts = codec.PackOptions(coding_mode(settings.entropy), settings.packets, settings.packet_bytes,
+                                     settings.parity)  # fmt: skip
+            sizes = codec.budget_sizes(bundle, opts.mode) if settings.max_bytes is not None else None
+        except VqcError as e:
+            return [_failed(key, e) for key, _ in items]
+        out = []
+        for i, (key, data) in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                if data is None:
+                    raise VqcError("no image bytes (null)")
+                with devices.using(dev):
+                    img = imageio.load_image(io.BytesIO(data), settings.max_pixels, label=key)
+                    try:
+                        blob, enc = codec.compress(img.pixels, bundle, settings.codebook, settings.max_bytes, opts,
+                                                   sizes)  # fmt: skip
+                    except VqcBudgetError as e:
+                        raise VqcError(str(e)) from None
+                h, w = img.pixels.shape[:2]
+                out.append(Outcome(key, True, blob, in_bytes=len(data), width=w, height=h,
+                                   codebook=enc.codebook_size, model_id=bundle.model_id,
+                                   seconds=time.perf_counter() - t0))  # fmt: skip
+                with _LOCK:
+                    _STATS["encoded"] += 1
+            except Exception as e:  # noqa: BLE001 - one bad image must not end the chunk
+                out.append(_failed(key, e))
+            _tell(topic, chunk_id, i + 1)
+        return out
+    finally:
+        with _LOCK:
+            _STATS["busy"] -= 1
+
+
+def preflight_decode(settings: DecodeSettings) -> tuple[Any, str, bool]:
+    """On one worker before the job: the recovery method, device and (when named) the model."""
+    from vqcodec import device as devices
+    from vqcodec import recovery
+
+    def check() -> str:
+        _setup()
+        if settings.recover != "auto" and settings.recover not in recovery.METHODS:
+            raise VqcUsageError(f"unknown recovery method {settings.recover!r}; choose one of auto, "
+                                f"{', '.join(recovery.METHODS)}")  # fmt: skip
+        devices.resolve(settings.device)
+        return _bundle(settings.model).name if settings.model else ""
+
+    return _answer(check)
+
+
+def _file_model_id(data: bytes) -> int:
+    from vqcodec import container
+
+    if container.is_packetized(bytes(data[:4])):
+        return container.scan_packets(data).header.model_id
+    return container.read_header(data).model_id
+
+
+def decode_chunk(items: list[tuple[str, bytes | None]], settings: DecodeSettings, topic: str | None = None,
+                 chunk_id: int = 0) -> list[Outcome]:  # fmt: skip
+    """Decode (key, .vqc bytes) pairs to image file bytes: what ``vqc decode`` writes for each."""
+    from vqcodec import codec, imageio
+    from vqcodec import device as devices
+
+    _setup()
+    with _LOCK:
+        _STATS["busy"] += 1
+        _STATS["chunks"] += 1
+    try:
+        try:
+            dev = devices.resolve(settings.device)
+            fmt = settings.pil_format
+        except VqcError as e:
+            return [_failed(key, e) for key, _ in items]
+        out = []
+        for i, (key, data) in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                if data is None:
+                    raise VqcError("no .vqc bytes (null)")
+                bundle = _bundle(settings.model) if settings.model else _bundle(model_id=_file_model_id(data))
+                pixels, _ = codec.decode_with_report(data, bundle, settings.max_pixels, settings.recover, dev)
+                blob = imageio.encode_image(pixels, fmt)
+                h, w = pixels.shape[:2]
+                out.append(Outcome(key, True, blob, in_bytes=len(data), width=w, height=h,
+                                   seconds=time.perf_counter() - t0))  # fmt: skip
+                with _LOCK:
+                    _STATS["decoded"] += 1
+            except Exception as e:  # noqa: BLE001 - one bad file must not end the chunk
+                out.append(_failed(key, e))
+            _tell(topic, chunk_id, i + 1)
+        return out
+    finally:
+        with _LOCK:
+            _STATS["busy"] -= 1
