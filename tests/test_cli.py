@@ -401,3 +401,19 @@ def test_training_tools_import_on_their_own(module, tmp_path):
 
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def test_cli_writes_what_the_api_returns(models_env, photo, tmp_path, capsys):
+    """vqc encode/decode are doors over vqcodec.encode/decode_report: the same bytes, the same report."""
+    import vqcodec
+
+    vqc = tmp_path / "p.vqc"
+    args = ["encode", photo, "-o", vqc, "-k", 16, "--model", models_env, "--packets", 8, "--parity", 2, "-q"]
+    assert run(capsys, *args)[0] == 0
+    data = vqc.read_bytes()
+    assert data == vqcodec.encode(photo, 16, str(models_env), packets=8, parity=2)
+    (tmp_path / "lossy.vqc").write_bytes(vqcodec.corrupt(data, loss=0.5, seed=2))
+    code, _, err = run(capsys, "decode", tmp_path / "lossy.vqc", "-o", tmp_path / "out.png", "--recover", "neighbour")
+    decoded = vqcodec.decode_report((tmp_path / "lossy.vqc").read_bytes(), recover="neighbour")
+    assert code == 0 and decoded.report.summary() in err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(decoded.image))

@@ -231,7 +231,8 @@ def encode(
     vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc ;
     vqc encode photo.png --max-bytes 500
     """
-    from vqcodec import codec, imageio, zoo
+    from vqcodec import api, codec, fileinfo, imageio, zoo
+    from vqcodec import device as devices
     from vqcodec.errors import VqcBudgetError
 
     if max_bytes is not None:
@@ -239,32 +240,26 @@ def encode(
             raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
         if max_bytes < 1:
             raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {max_bytes}")
-    from vqcodec import device as devices
-
-    dev = devices.resolve(device)
+    dev = str(devices.resolve(device))
     files, batch = _expand(inputs, IMAGE_SUFFIXES)
     plan = _plan(files, batch, output, ".vqc")
     bundle = zoo.load_model(model)
+    # bad options are one usage error before any file, not one failure per file of a batch
     forced = options.coding_mode(entropy_coder)
-    n_packets, packet_bytes = options.packet_layout(packets, parity)
-    sizes = None
+    options.packet_layout(packets, parity)
     if max_bytes is None:
-        bundle.codebook(codebook)  # fail early on an unavailable K
+        bundle.codebook(codebook)  # an unavailable K
     else:
-        sizes = codec.budget_sizes(bundle, forced)  # fail early when forced context coding has no K
-
-    pack_options = codec.PackOptions(forced, n_packets, packet_bytes, parity)
+        codec.budget_sizes(bundle, forced)  # forced context coding without a context model at any K
 
     def work(job: Job) -> Result:
-        with devices.using(dev):  # per job: batch jobs run in pool threads, which start on the CPU
-            return encode_one(job)
-
-    def encode_one(job: Job) -> Result:
         try:
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
             try:
-                data, enc = codec.compress(img.pixels, bundle, codebook, max_bytes, pack_options, sizes)
+                data = api.encode(img.pixels, codebook if max_bytes is None else None, bundle, entropy=entropy_coder,
+                                  packets=packets, parity=parity, max_bytes=max_bytes, max_pixels=max_pixels,
+                                  device=dev)  # fmt: skip
             except VqcBudgetError as e:  # name the image: in a batch only some may not fit
                 raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
             if job.dst is None:
@@ -279,7 +274,7 @@ def encode(
         h, w = img.pixels.shape[:2]
         note = f" (converted {img.source_mode} to RGB)" if img.converted else ""
         size = job.src.stat().st_size if job.src is not None else 0
-        k = enc.codebook_size
+        k = fileinfo.info(data).header.codebook_size  # what --max-bytes chose
         within = f" (largest K within {max_bytes} bytes)" if max_bytes is not None else ""
         msg = (f"{job.src or '<stdin>'} {w}x{h}{note} -> {job.dst or '<stdout>'}: {len(data)} bytes, "
                f"{len(data) * 8 / (w * h):.4f} bpp, K={k}{within}, model {bundle.name}")  # fmt: skip
@@ -321,9 +316,10 @@ def decode(
 
     Examples: vqc decode photo.vqc -o photo.out.png ; vqc decode out/ -o png/ ; vqc decode - -o - < a.vqc > a.png
     """
+    import numpy as np
     from PIL import Image
 
-    from vqcodec import codec, imageio, recovery
+    from vqcodec import api, imageio, recovery
     from vqcodec import device as devices
 
     if recover != "auto" and recover not in recovery.METHODS:
@@ -331,29 +327,29 @@ def decode(
     suffix = "." + fmt.lower().lstrip(".")
     if Image.registered_extensions().get(suffix) is None:
         raise VqcUsageError(f"unknown image format {fmt!r}")
-    dev = devices.resolve(device)
+    dev = str(devices.resolve(device))
     files, batch = _expand(inputs, {".vqc"})
     plan = _plan(files, batch, output, suffix)
 
     def work(job: Job) -> Result:
         try:
             data = _read(job.src) if job.src is not None else sys.stdin.buffer.read()
-            pixels, report = codec.decode_with_report(data, model, max_pixels, recover, dev)
+            decoded = api.decode_report(data, model, recover=recover, max_pixels=max_pixels, device=dev)
             if job.dst is None:
                 buf = io.BytesIO()
-                Image.fromarray(pixels).save(buf, format=Image.registered_extensions()[suffix])
+                decoded.image.save(buf, format=Image.registered_extensions()[suffix])
                 sys.stdout.buffer.write(buf.getvalue())
                 sys.stdout.buffer.flush()
             else:
-                imageio.save_image(pixels, job.dst)
+                imageio.save_image(np.asarray(decoded.image), job.dst)
         except VqcError as e:
             if not batch:
                 raise
             return Result(job, False, _one_line(str(e)))
-        h, w = pixels.shape[:2]
+        w, h = decoded.image.size
         msg = f"{job.src or '<stdin>'} -> {job.dst or '<stdout>'}: {w}x{h}"
-        if report.packets:
-            msg += f"; {report.summary()}"
+        if decoded.report.packets:
+            msg += f"; {decoded.report.summary()}"
         return Result(job, True, msg, len(data), 0, w * h)
 
     results = _run(plan, work, jobs, quiet, "decoding")

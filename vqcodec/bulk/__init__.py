@@ -12,7 +12,7 @@ How a job runs::
     client: list SRC -> skip keys whose output exists and verifies -> read inputs, chunks of N
             -> submit a few chunks per worker thread at a time (bounded memory)
     worker: chunk of (key, bytes) -> the model loaded once per worker process (``_bundle``)
-            -> the same ``codec.compress`` as ``vqc encode`` -> (key, .vqc bytes) or (key, error)
+            -> the same ``vqcodec.encode`` as ``vqc encode`` -> (key, .vqc bytes) or (key, error)
     client: each finished chunk written atomically (a file per image, or a parquet part per
             chunk) -> progress, failures, summary
 

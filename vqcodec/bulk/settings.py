@@ -38,8 +38,12 @@ class EncodeSettings:
         if self.max_bytes is not None and self.max_bytes < 1:
             raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {self.max_bytes}")
         options.coding_mode(self.entropy)
-        packets = f"{self.packet_bytes}B" if self.packet_bytes else self.packets or None
-        options.packet_layout(packets, self.parity)
+        options.packet_layout(self.packets_spec, self.parity)
+
+    @property
+    def packets_spec(self) -> int | str | None:
+        """``packets`` as ``vqcodec.encode`` and ``--packets`` take it: a count, a size ("200B") or None."""
+        return f"{self.packet_bytes}B" if self.packet_bytes else self.packets or None
 
     def identity(self, model_id: int) -> dict:
         """What makes two runs' files comparable: stored in parquet parts, checked on resume."""

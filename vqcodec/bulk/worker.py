@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from vqcodec.bulk.settings import DecodeSettings, EncodeSettings, Outcome, _one_line
 from vqcodec.errors import VqcError, VqcModelError, VqcUsageError
 
@@ -18,6 +20,7 @@ _LOCK = threading.Lock()
 _BUNDLES: dict[str, Any] = {}
 _STATS = {"model_loads": 0, "encoded": 0, "decoded": 0, "busy": 0, "chunks": 0}
 _READY = False
+
 
 def _setup() -> None:
     """Once per worker process: ``VQC_THREADS`` torch threads (without it torch keeps what the
@@ -101,29 +104,18 @@ def preflight_encode(settings: EncodeSettings) -> tuple[Any, str, bool]:
     return _answer(check)
 
 
-def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings, model_id: int | None,
-                 topic: str | None = None, chunk_id: int = 0) -> list[Outcome]:  # fmt: skip
-    """Encode (key, image file bytes) pairs: exactly what ``vqc encode`` writes for each. A bad
-    image is an ``Outcome`` with its error; the others go on."""
-    from vqcodec import codec, imageio
-    from vqcodec import device as devices
-    from vqcodec.errors import VqcBudgetError
-    from vqcodec.options import coding_mode
-
+def _run_chunk(items: list[tuple[str, bytes | None]], prepare: Callable[[], Callable[[str, bytes], Outcome]],
+               what: str, counter: str, topic: str | None, chunk_id: int) -> list[Outcome]:  # fmt: skip
+    """What every task does: ``prepare`` once (a failure there fails every item), then each item
+    on its own (a bad one is an ``Outcome`` with its error; the others go on), timed, counted in
+    ``_STATS[counter]`` and told to the client."""
     _setup()
     with _LOCK:
         _STATS["busy"] += 1
         _STATS["chunks"] += 1
     try:
         try:
-            bundle = _bundle(settings.model)
-            if model_id is not None and bundle.model_id != model_id:
-                raise VqcModelError(f"this worker's model {bundle.name!r} has id {bundle.model_id:08x}, the job's "
-                                    f"has {model_id:08x}: install the same bundle on every worker")  # fmt: skip
-            dev = devices.resolve(settings.device)
-            opts = codec.PackOptions(coding_mode(settings.entropy), settings.packets, settings.packet_bytes,
-                                     settings.parity)  # fmt: skip
-            sizes = codec.budget_sizes(bundle, opts.mode) if settings.max_bytes is not None else None
+            one = prepare()
         except VqcError as e:
             return [_failed(key, e) for key, _ in items]
         out = []
@@ -131,27 +123,53 @@ def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings
             t0 = time.perf_counter()
             try:
                 if data is None:
-                    raise VqcError("no image bytes (null)")
-                with devices.using(dev):
-                    img = imageio.load_image(io.BytesIO(data), settings.max_pixels, label=key)
-                    try:
-                        blob, enc = codec.compress(img.pixels, bundle, settings.codebook, settings.max_bytes, opts,
-                                                   sizes)  # fmt: skip
-                    except VqcBudgetError as e:
-                        raise VqcError(str(e)) from None
-                h, w = img.pixels.shape[:2]
-                out.append(Outcome(key, True, blob, in_bytes=len(data), width=w, height=h,
-                                   codebook=enc.codebook_size, model_id=bundle.model_id,
-                                   seconds=time.perf_counter() - t0))  # fmt: skip
+                    raise VqcError(f"no {what} bytes (null)")
+                outcome = one(key, data)
+                outcome.seconds = time.perf_counter() - t0
+                out.append(outcome)
                 with _LOCK:
-                    _STATS["encoded"] += 1
-            except Exception as e:  # noqa: BLE001 - one bad image must not end the chunk
+                    _STATS[counter] += 1
+            except Exception as e:  # noqa: BLE001 - one bad item must not end the chunk
                 out.append(_failed(key, e))
             _tell(topic, chunk_id, i + 1)
         return out
     finally:
         with _LOCK:
             _STATS["busy"] -= 1
+
+
+def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings, model_id: int | None,
+                 topic: str | None = None, chunk_id: int = 0) -> list[Outcome]:  # fmt: skip
+    """Encode (key, image file bytes) pairs: exactly what ``vqc encode`` writes for each (both
+    call ``vqcodec.encode``)."""
+    from vqcodec import api, fileinfo, imageio
+    from vqcodec import device as devices
+    from vqcodec.errors import VqcBudgetError
+
+    def prepare() -> Callable[[str, bytes], Outcome]:
+        bundle = _bundle(settings.model)
+        if model_id is not None and bundle.model_id != model_id:
+            raise VqcModelError(f"this worker's model {bundle.name!r} has id {bundle.model_id:08x}, the job's "
+                                f"has {model_id:08x}: install the same bundle on every worker")  # fmt: skip
+        dev = str(devices.resolve(settings.device))
+        codebook = settings.codebook if settings.max_bytes is None else None
+
+        def one(key: str, data: bytes) -> Outcome:
+            img = imageio.load_image(io.BytesIO(data), settings.max_pixels, label=key)
+            try:
+                blob = api.encode(img.pixels, codebook, bundle, entropy=settings.entropy,
+                                  packets=settings.packets_spec, parity=settings.parity,
+                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, device=dev)  # fmt: skip
+            except VqcBudgetError as e:
+                raise VqcError(str(e)) from None
+            h, w = img.pixels.shape[:2]
+            k = fileinfo.info(blob).header.codebook_size
+            return Outcome(key, True, blob, in_bytes=len(data), width=w, height=h, codebook=k,
+                           model_id=bundle.model_id)  # fmt: skip
+
+        return one
+
+    return _run_chunk(items, prepare, "image", "encoded", topic, chunk_id)
 
 
 def preflight_decode(settings: DecodeSettings) -> tuple[Any, str, bool]:
@@ -180,38 +198,23 @@ def _file_model_id(data: bytes) -> int:
 
 def decode_chunk(items: list[tuple[str, bytes | None]], settings: DecodeSettings, topic: str | None = None,
                  chunk_id: int = 0) -> list[Outcome]:  # fmt: skip
-    """Decode (key, .vqc bytes) pairs to image file bytes: what ``vqc decode`` writes for each."""
-    from vqcodec import codec, imageio
+    """Decode (key, .vqc bytes) pairs to image file bytes: what ``vqc decode`` writes for each
+    (both call ``vqcodec.decode_report``)."""
+    from vqcodec import api, imageio
     from vqcodec import device as devices
 
-    _setup()
-    with _LOCK:
-        _STATS["busy"] += 1
-        _STATS["chunks"] += 1
-    try:
-        try:
-            dev = devices.resolve(settings.device)
-            fmt = settings.pil_format
-        except VqcError as e:
-            return [_failed(key, e) for key, _ in items]
-        out = []
-        for i, (key, data) in enumerate(items):
-            t0 = time.perf_counter()
-            try:
-                if data is None:
-                    raise VqcError("no .vqc bytes (null)")
-                bundle = _bundle(settings.model) if settings.model else _bundle(model_id=_file_model_id(data))
-                pixels, _ = codec.decode_with_report(data, bundle, settings.max_pixels, settings.recover, dev)
-                blob = imageio.encode_image(pixels, fmt)
-                h, w = pixels.shape[:2]
-                out.append(Outcome(key, True, blob, in_bytes=len(data), width=w, height=h,
-                                   seconds=time.perf_counter() - t0))  # fmt: skip
-                with _LOCK:
-                    _STATS["decoded"] += 1
-            except Exception as e:  # noqa: BLE001 - one bad file must not end the chunk
-                out.append(_failed(key, e))
-            _tell(topic, chunk_id, i + 1)
-        return out
-    finally:
-        with _LOCK:
-            _STATS["busy"] -= 1
+    def prepare() -> Callable[[str, bytes], Outcome]:
+        dev = str(devices.resolve(settings.device))
+        fmt = settings.pil_format
+
+        def one(key: str, data: bytes) -> Outcome:
+            bundle = _bundle(settings.model) if settings.model else _bundle(model_id=_file_model_id(data))
+            image = api.decode_report(data, bundle, recover=settings.recover, max_pixels=settings.max_pixels,
+                                      device=dev).image  # fmt: skip
+            w, h = image.size
+            return Outcome(key, True, imageio.encode_image(np.asarray(image), fmt), in_bytes=len(data), width=w,
+                           height=h)  # fmt: skip
+
+        return one
+
+    return _run_chunk(items, prepare, ".vqc", "decoded", topic, chunk_id)
