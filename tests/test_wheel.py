@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vqcodec
 from vqcodec.zoo import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,8 @@ def test_wheel_carries_the_default_bundle_and_the_licences(wheel):
     assert "License-Expression: MIT" in meta
     assert "License-File: LICENSE" in meta and "TAEF2-LICENSE" in meta
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert "vqcodec/bulk/__init__.py" in names and "vqcodec/bulk/engine.py" in names  # packages listed in pyproject
+    assert wheel.name.startswith(f"vqcodec-{vqcodec.__version__}-")  # the version is written once, in vqcodec
 
 
 def test_wheel_installed_in_a_fresh_venv_encodes_outside_the_checkout(wheel, tmp_path):
@@ -71,3 +74,4 @@ def test_wheel_installed_in_a_fresh_venv_encodes_outside_the_checkout(wheel, tmp
     assert Image.open(work / "photo.out.png").size == (64, 48)
     assert "K" in run(vqc, "info", "photo.vqc")
     assert DEFAULT_MODEL in run(vqc, "models")
+    assert run(vqc, "--version").startswith(f"vqcodec {vqcodec.__version__}\ndefault model: {DEFAULT_MODEL}")
