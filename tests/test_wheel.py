@@ -40,6 +40,8 @@ def test_wheel_carries_the_default_bundle_and_the_licences(wheel):
     assert "License-Expression: MIT" in meta
     assert "License-File: LICENSE" in meta and "TAEF2-LICENSE" in meta
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    # the seed papers' other quantizers ship in the repository only (docs/models.md says why)
+    assert not any(n.startswith(("vqcodec/models/vqc-looc/", "vqcodec/models/vqc-dual/")) for n in names)
     assert "vqcodec/bulk/__init__.py" in names and "vqcodec/bulk/engine.py" in names  # packages listed in pyproject
     assert wheel.name.startswith(f"vqcodec-{vqcodec.__version__}-")  # the version is written once, in vqcodec
 
