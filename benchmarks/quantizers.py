@@ -1,7 +1,7 @@
 """Compare quantizers (plain VQ, LooC, dual codebook) on Kodak at matched bits per position.
 
 Each variant is a bundle (``vqc export`` of a ``vqc train --quantizer ...`` run); all were trained
-from the same init for the same steps (docs/results.md says how). For each bundle and K this
+from the same init for the same steps (docs/history.md says how). For each bundle and K this
 encodes and decodes every image through the codec (bpp counts the whole .vqc file), scores PSNR,
 MS-SSIM, LPIPS-Alex and DISTS (``metrics.Reference``: the original's features once per image),
 times the decode, and counts the codes the Kodak index maps use. A LooC bundle is also scored with

@@ -4,7 +4,7 @@ The 8 photos ``split_holdout`` keeps out of every training run are encoded at on
 holes are cut into their index maps (16 interleaved packets, each lost with probability
 ``--loss``, several seeds), and each variant fills them; the score is the rise in LPIPS-VGG (a
 training loss, not the headline LPIPS-Alex) over the loss-free decode, averaged. The variants
-are the design choices of ``--recover masked`` (docs/results.md says which won):
+are the design choices of ``--recover masked`` (docs/history.md says which won):
 
 - ``neighbour``, ``ar``: the baselines, as decoded by the codec;
 - ``shared-unit`` / ``shared-plain``: the shared masked model, each hole decoded as the expected

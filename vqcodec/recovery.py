@@ -14,15 +14,15 @@ Methods (``--recover``):
   on every side and fills the holes in a few confident-first rounds: the recovery-only ``fill``
   model when the bundle ships one (``vqc train-recovery --task fill``), else the shared ``masked``
   one (``vqc train-recovery``), run on half-overlapping 16x16 tiles so that a hole on a tile's
-  edge still sees across it. (Multiplying in ``ar``'s prediction helped the session-6 models and
-  no longer helps the annealed ``fill``: docs/results.md.) The decoder is given each
+  edge still sees across it. (Multiplying in ``ar``'s prediction helped the models of 2026-11-29 and
+  no longer helps the annealed ``fill``: docs/history.md.) The decoder is given each
   hole's probability-weighted mean code vector, not a code of the book and not rescaled to unit
   length: a short blend where the model hesitates costs less than a confident wrong texture.
   Available when the bundle ships a masked model; then it is the default (cosine books, m = 1;
   otherwise it behaves as ``masked-index``).
 - ``masked-index``: the same transformer, but each hole gets the code nearest that mean vector, so
   the recovered map is an ordinary index map (what ``masked`` reports as indices, and what a
-  re-encode of the recovered file would carry). Measured against ``masked`` in docs/results.md.
+  re-encode of the recovered file would carry). Measured against ``masked`` in docs/history.md.
 
 Index maps with m > 1 planes (LooC, dual codebook): ``none`` and ``neighbour`` work plane by plane,
 each plane with its own book (``codes`` is then a list of m books). The transformers were trained
@@ -46,7 +46,7 @@ BLEND_TEMPERATURE = 1.5
 """``masked``: the temperature of the distribution whose mean code vector the decoder gets at a hole
 (the recovered index map does not depend on it). The fill model is overconfident where it is wrong:
 a softer blend renders a quieter patch. Chosen on held-out training photos (K=64, 30 % loss, LPIPS-VGG
-rise, benchmarks/recovery_holdout.py; docs/results.md, "Packet loss and recovery")."""
+rise, benchmarks/recovery_holdout.py; docs/history.md, "The blend temperature")."""
 
 
 def available(bundle) -> list[str]:

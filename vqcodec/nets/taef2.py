@@ -3,7 +3,7 @@ VQ coder we train in its latent space.
 
 TAEF2 maps an RGB image in [0, 1] to a 32-channel latent at 1/8 resolution and back; its decoder
 is distilled to *generate* plausible detail from that latent, which is what an extreme-rate codec
-needs and what CPU training from scratch never reached (docs/results.md). vqcodec codes in that
+needs and what CPU training from scratch never reached (docs/history.md). vqcodec codes in that
 latent space (route (a) of docs/training.md): a small convolutional coder turns the 32 x H/8 x W/8
 latent into one 16-d vector per 16x16 pixels for the VQ, and its mirror image turns code vectors
 back into a TAEF2 latent for the (fine-tuned) TAEF2 decoder.
