@@ -13,9 +13,10 @@ Each tree is timed in a fresh process that imports ``vqcodec`` from that tree: t
 with ``--baseline PATH`` another checkout of the project (a ``git worktree`` of an earlier commit,
 outside this repository), so both run on the same machine under the same load. Stages are timed
 by wrapping the functions that do them; a stage's figure is the median over ``--repeats`` round
-trips after one warm-up. The CPU's model and instruction-set flags and the load average are
-printed with the table: on a shared machine absolute times are inflated, ratios within one run
-are what compares.
+trips after one warm-up (``--rounds`` processes per tree, alternating between the trees, so
+that a change of load on a shared machine hits both alike). The CPU's model and instruction-set
+flags and the load average are printed with the table: on a shared machine absolute times are
+inflated, ratios within one run are what compares.
 
     python benchmarks/speed_profile.py --baseline ../baseline-efa7a82           # kodim05, K=64
     python benchmarks/speed_profile.py --k 8 --repeats 5 --mode exact
@@ -113,9 +114,10 @@ def worker(args) -> dict:
     nets = [bundle.exact_transformer(kind) for kind in ("masked", "fill") if bundle.has_exact(kind)]
     load_s = time.perf_counter() - t
     mode = codec.best_mode(bundle, args.k) if args.mode == "default" else CodingMode[args.mode.upper()]
-    getter = getattr(bundle, "int8_transformer", None)  # a tree with a fast integer context model
-    if getter is not None:
-        nets.append(getter("masked"))
+    from vqcodec import context
+
+    if hasattr(context, "int8_model"):  # a tree with the int8 context model (0.2.0)
+        nets.append(context.int8_model(bundle))
     clock = Clock()
     for net in nets:
         _patch_net(clock, net)
@@ -160,16 +162,26 @@ def worker(args) -> dict:
                 row["total"] = total
                 row["other"] = max(0.0, total - sum(v for s, v in row.items() if s != "total"))
                 runs[path].append(row)
-    med = {p: {s: statistics.median(r[s] for r in rows) for s in rows[0]} for p, rows in runs.items()}
-    return {"load": load_s, "median": med, "sizes": sizes, "threads": torch.get_num_threads(),
+    return {"load": [load_s], "runs": runs, "sizes": sizes, "threads": torch.get_num_threads(),
             "torch": torch.__version__}  # fmt: skip
+
+
+def merge(results: list[dict]) -> dict:
+    """One tree's rounds -> medians over every timed round trip (and every model load)."""
+    out = dict(results[0])
+    runs = {p: [row for r in results for row in r["runs"][p]] for p in PATHS}
+    out["load"] = statistics.median(v for r in results for v in r["load"])
+    out["median"] = {p: {s: statistics.median(row[s] for row in rows) for s in rows[0]} for p, rows in runs.items()}
+    out["round_trips"] = len(runs["encode"])
+    return out
 
 
 def run_tree(root: Path, args) -> dict:
     """Time one tree in a fresh interpreter that imports ``vqcodec`` from ``root``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(root), "--image", str(args.image),
            "--k", str(args.k), "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--packets", str(args.packets), "--loss", str(args.loss), "--mode", args.mode if root == REPO else "default"]  # fmt: skip
+           "--packets", str(args.packets), "--loss", str(args.loss),
+           "--mode", args.mode if root == REPO else "default"]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
     env = dict(os.environ, PYTHONPATH=str(root))
@@ -207,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image", type=Path, default=KODAK / "kodim05.png")
     ap.add_argument("--k", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed round trips per process (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=1, help="processes per tree, alternating between the trees")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--packets", type=int, default=16)
     ap.add_argument("--loss", type=float, default=0.3)
@@ -222,14 +235,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"CPU: {cpu_summary()}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    results = {"now": run_tree(REPO, args)}
-    if args.baseline is not None:
-        results["baseline"] = run_tree(args.baseline.resolve(), args)
+    trees = {"now": REPO} | ({"baseline": args.baseline.resolve()} if args.baseline is not None else {})
+    rounds: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(args.rounds):  # alternate the trees, so a change of load hits both alike
+        for name, root in trees.items():
+            rounds[name].append(run_tree(root, args))
+    results = {name: merge(r) for name, r in rounds.items()}
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for name, r in results.items():
         print(f"{name}: torch {r['torch']}, {r['threads']} threads, file {r['sizes']['encode']} B "
               f"({r['sizes']['mode']}), lossy file {r['sizes']['lossy']} B")  # fmt: skip
-    print(f"{args.image.name}, K={args.k}, medians of {args.repeats} round trips (seconds); "
+    print(f"{args.image.name}, K={args.k}, medians of {args.rounds} x {args.repeats} round trips (seconds); "
           f"lossy: {args.packets} packets, {args.loss:.0%} lost; x = baseline / now")  # fmt: skip
     print(table(results))
     if args.json:

@@ -110,3 +110,82 @@ class Reference:
 
     def frequencies(self, logits):
         return np.maximum(self.exp(logits.max(-1, keepdims=True) - logits), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The int8 context model (coding mode int8), from docs/bitstream.md, "The int8 context model".
+
+LN_BITS8, RECIP, EXP2 = 4, 26, (131200, -2770, 23)
+
+
+class Int8Reference:
+    """numpy int64 implementation of ``vqcodec/nets/int8_transformer.py`` (which multiplies int8 with
+    ``torch._int_mm`` and float32 BLAS): equal frequencies show both the spec and the kernels exact."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], sizes, dim, depth, heads, local):
+        self.t = {k: np.asarray(v).astype(np.int64) for k, v in tensors.items()}
+        self.sizes, self.dim, self.depth, self.heads, self.local = list(sizes), dim, depth, heads, local
+        self.offsets = dict(zip(self.sizes, np.cumsum([0] + self.sizes).tolist(), strict=False))
+
+    def linear(self, x8, p, rows=slice(None)):
+        w, bias, s = self.t[p + ".w"][rows], self.t[p + ".bias"][rows], self.t[p + ".shift"][rows]
+        y = x8 @ w.T + bias
+        return np.where(s >= 0, y >> np.maximum(s, 0), y << np.maximum(-s, 0))
+
+    @staticmethod
+    def to_int8(x, s):
+        return np.clip((x + (1 << (s - 1))) >> s if s else x, -127, 127)
+
+    def norm(self, x, f):
+        n = x.shape[-1]
+        xc = x - rdiv(x.sum(-1, keepdims=True), n)
+        var = (xc * xc).sum(-1, keepdims=True) // n
+        sigma = isqrt(var * (1 << 2 * LN_BITS8) + self.t["ln_eps"][0])
+        r = rdiv(np.full_like(sigma, 1 << (RECIP + f + LN_BITS8)), sigma)
+        return np.clip((xc * r + (1 << (RECIP - 1))) >> RECIP, -127, 127)
+
+    def gelu(self, y, p, f_in):
+        table = self.t[p + ".gelu"]
+        return table[np.clip(y + (8 << f_in), 0, len(table) - 1)]
+
+    def attention(self, x8, i, b, n):
+        d = self.dim
+        h, dh = self.heads, d // self.heads
+        _, fq, fk, _, _, _, _ = self.t[f"layers.{i}.frac"]
+        qkv = np.clip(self.linear(x8, f"layers.{i}.qkv"), -127, 127)
+        q, k, v = qkv.reshape(b, n, 3, h, dh).transpose(2, 0, 3, 1, 4)
+        raw = q @ k.transpose(0, 1, 3, 2)
+        dd = (raw.max(-1, keepdims=True) - raw) >> (fq + fk - 5)
+        r, z = dd & 31, np.minimum(dd >> 5, 10)
+        a, bb, c = EXP2
+        e = ((a + r * (bb + c * r)) >> 8) >> z
+        out = rdiv(e @ v, e.sum(-1, keepdims=True))
+        return out.transpose(0, 2, 1, 3).reshape(b * n, d)
+
+    def forward(self, idx, mask, k):
+        """idx, mask: (b, h, w) with h, w <= 16 -> (b, h, w, k) int64 logits."""
+        b, h, w = idx.shape
+        d, t = self.dim, self.t
+        o, slot = self.offsets[k], self.sizes.index(k)
+        grid = np.where(mask[..., None], t["mask_token"][slot], t["embed"][np.clip(idx, 0, k - 1) + o])
+        for i in range(self.local):
+            p = f"local.{i}"
+            f_in, g_in, _ = t[p + ".frac"]
+            pad = np.pad(self.to_int8(grid, ACT - f_in), ((0, 0), (1, 1), (1, 1), (0, 0)))
+            cols = np.concatenate([pad[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], -1)
+            a8 = self.gelu(self.linear(cols.reshape(b * h * w, 9 * d), p + ".conv"), p, g_in)
+            grid = sat(grid + self.linear(a8, p + ".proj").reshape(b, h, w, d))
+        pe = t["pe"].reshape(TILE, TILE, -1)[:h, :w]
+        x = sat(grid + pe).reshape(b * h * w, d)
+        for i in range(self.depth):
+            p = f"layers.{i}"
+            f1, _, _, _, f2, g_in, _ = t[p + ".frac"]
+            x = sat(x + self.linear(self.attention(self.norm(x, f1), i, b, h * w), p + ".out"))
+            f8 = self.gelu(self.linear(self.norm(x, f2), p + ".ff1"), p, g_in)
+            x = sat(x + self.linear(f8, p + ".ff2"))
+        logits = sat(self.linear(self.norm(x, t["norm.frac"][0]), "head", slice(o, o + k)))
+        return logits.reshape(b, h, w, k)
+
+    map_logits = Reference.map_logits
+    exp = Reference.exp
+    frequencies = Reference.frequencies

@@ -206,9 +206,10 @@ def encode(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder")] = None,
     entropy_coder: Annotated[
-        str, typer.Option("--entropy", help="auto | exact (integer context model: decodes on every computer; the "
-                     "default where the bundle has one) | static | context (the float context model of older files; "
-                     "may not decode on another CPU) | raw (fixed-width, uncoded)")
+        str, typer.Option("--entropy", help="auto | int8 (int8 integer context model: decodes on every computer; the "
+                     "default where the bundle has one) | exact (the int16 integer context model, the default "
+                     "before 0.2.0; also decodes everywhere) | static | context (the float context model of older "
+                     "files; may not decode on another CPU) | raw (fixed-width, uncoded)")
     ] = "auto",
     packets: Annotated[
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
@@ -430,7 +431,9 @@ def bulk_encode(
                                  "bytes (as vqc encode); not with --codebook")
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="model bundle name or folder (on every worker)")] = None,
-    entropy_coder: Annotated[str, typer.Option("--entropy", help="auto | exact | static | context | raw")] = "auto",
+    entropy_coder: Annotated[
+        str, typer.Option("--entropy", help="auto | int8 | exact | static | context | raw")
+    ] = "auto",
     packets: Annotated[
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
     ] = None,
@@ -498,6 +501,7 @@ def bulk_decode(
 
 
 CODING_LABELS = {
+    "int8": "int8 (int8 integer context model: the same indices on every computer)",
     "exact": "exact (integer context model: the same indices on every computer)",
     "context": "context (the float context model of older files: may fail to decode on another CPU)",
     "static": "static (range coding with the bundle's frequency table)",

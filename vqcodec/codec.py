@@ -311,6 +311,10 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
 
         net = _context_net(bundle, k, exact=True)
         return context.encode_context(indices, net, k, bundle.exact_tag, bundle.context_levels)
+    if mode == CodingMode.INT8:
+        from vqcodec import context
+
+        return context.encode_context(indices, _int8_net(bundle, k), k, context.int8_tag(bundle), bundle.context_levels)
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
@@ -322,6 +326,15 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
+    if mode == CodingMode.INT8 and shape is not None:
+        from vqcodec import context
+
+        try:
+            net = _int8_net(bundle, k)
+        except VqcUsageError as e:
+            raise VqcFormatError(f"context-coded file: {e}") from None
+        tag = context.int8_tag(bundle)
+        return context.decode_context(payload, net, k, *shape, tag=tag, levels=bundle.context_levels).ravel()
     if mode in (CodingMode.CONTEXT, CodingMode.EXACT) and shape is not None:
         from vqcodec import context
 
@@ -335,12 +348,26 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
     raise VqcFormatError(f"coding mode {mode.name} is not supported here")
 
 
+def _int8_net(bundle: Bundle, k: int):
+    """The int8 context model (coding mode ``int8``) on the current device, or a usage error."""
+    from vqcodec import context
+
+    net = context.int8_model(bundle) if bundle.m == 1 else None
+    if net is None or k not in net.config.sizes:
+        raise VqcUsageError(f"model {bundle.name!r} has no int8 context model for K={k}: use --entropy exact")
+    return net.to(devices.current())
+
+
 def best_mode(bundle: Bundle, k: int) -> CodingMode:
-    """Exact (integer) context coding when the bundle has that model for K, else static range
-    coding. The float context model is never chosen by itself: its files may not decode on
-    another computer (``context``)."""
-    if bundle.m != 1 or not bundle.has_exact("masked"):
+    """Integer context coding when the bundle has that model for K (int8 where shipped, else the
+    int16 ``exact``), else static range coding. The float context model is never chosen by
+    itself: its files may not decode on another computer (``context``)."""
+    from vqcodec import context
+
+    if bundle.m != 1 or not (bundle.has_exact("masked") or context.has_int8(bundle)):
         return CodingMode.STATIC
+    if context.has_int8(bundle) and k in bundle.transformer("masked").config.sizes:
+        return CodingMode.INT8
     return CodingMode.EXACT if k in bundle.transformer("masked").config.sizes else CodingMode.STATIC
 
 
@@ -360,7 +387,7 @@ def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, pac
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
     if not packets:
         return container.pack(header, _code(enc.indices, bundle, k, mode))
-    if mode in (CodingMode.CONTEXT, CodingMode.EXACT):
+    if mode in (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8):
         raise VqcUsageError("context coding needs the whole map: use --entropy static with --packets")
     _, hh, ww = enc.indices.shape
     n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
@@ -418,6 +445,14 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     """The K a byte budget may choose from: every K, but for forced context coding only those
     with a context model (the others cannot be coded that way at all)."""
     ks = bundle.codebook_sizes
+    if mode == CodingMode.INT8:
+        from vqcodec import context
+
+        net = context.int8_model(bundle) if bundle.m == 1 else None
+        usable = [k for k in ks if net is not None and k in net.config.sizes]
+        if not usable:
+            _int8_net(bundle, ks[0])  # raises the usual "no context model" usage error
+        return usable
     if mode not in (CodingMode.CONTEXT, CodingMode.EXACT):
         return ks
     exact = mode == CodingMode.EXACT

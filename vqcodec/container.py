@@ -6,8 +6,10 @@ Layout (all integers little-endian; ``varint`` is unsigned LEB128, at most 3 byt
     0       3       magic  b"VQC"
     3       1       version (1)
     4       4       model id (uint32, from the bundle's manifest)
-    8       1       flags: bits 0-1 coding mode (0 static range coding, 1 float context model,
-                    2 raw fixed-width, 3 integer-exact context model); bits 2-7 reserved, must be 0
+    8       1       flags: bits 0-2 coding mode (0 static range coding, 1 float context model,
+                    2 raw fixed-width, 3 integer-exact context model, 4 int8 context model: 0.2.0);
+                    bits 3-7 reserved, must be 0 (a reader older than 0.2.0 refuses mode 4 as a
+                    reserved bit, in one line)
     9       varint  K, codebook size (2 .. 65536)
     .       1       m, indices per latent position (1 .. 16)
     .       varint  image width  (1 .. 65535)
@@ -43,6 +45,7 @@ class CodingMode(IntEnum):
     CONTEXT = 1  # range coding with the bundle's transformer context model (unpacketized only)
     RAW = 2  # fixed-width ceil(log2 K) bits per index
     EXACT = 3  # range coding with the bundle's integer-exact context model: decodes on every computer
+    INT8 = 4  # as EXACT with the int8 copy of that model (0.2.0): integer-exact too, about 3x faster
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,12 @@ def read_header(data: bytes) -> Header:
         raise VqcFormatError("packetized file (format version 2): read it with scan_packets")
     if version != VERSION:
         raise VqcFormatError(f"unsupported format version {version} (this reader knows {VERSION})")
-    if flags & ~0x03:
+    if flags & ~0x07:
         raise VqcFormatError(f"reserved flag bits set (0x{flags:02x})")
     try:
-        mode = CodingMode(flags & 0x03)
+        mode = CodingMode(flags & 0x07)
     except ValueError:
-        raise VqcFormatError(f"unknown coding mode {flags & 0x03}") from None
+        raise VqcFormatError(f"unknown coding mode {flags & 0x07}") from None
     k = r.varint("codebook size")
     m = r.read_exact(1, "m")[0]
     w = r.varint("width")
@@ -217,6 +220,8 @@ class PacketScan:
 
 def _v2_header_bytes(header: Header, packets: int, parity: int = 0) -> bytes:
     version = PARITY_VERSION if parity else PACKET_VERSION
+    if header.mode > 3:  # two bits of a packet header; the context modes need the whole map anyway
+        raise VqcUsageError(f"coding mode {header.mode.name.lower()} cannot be packetized")
     body = V2_HEADER.pack(MAGIC, version, header.model_id, int(header.mode) | parity << 2, header.codebook_size - 1,
                           header.m, header.width, header.height, packets)  # fmt: skip
     return body + struct.pack("<I", zlib.crc32(body))

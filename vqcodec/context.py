@@ -6,9 +6,12 @@ with ``levels=1`` the four cosets of the 2x2 lattice ((0,0), then (1,1), (0,1), 
 1/16 of the indices (not 1/4) is coded with no context: seven groups. One transformer pass per
 group, whatever the image size, so decoding stays parallel and fast.
 
-Two models give the frequencies:
-- the **integer-exact** one (``nets/int_transformer.IntTransformer``, coding mode ``exact``, the
-  default): every number from the index map to the frequencies is an integer computed exactly,
+Three models give the frequencies:
+- the **int8** one (``nets/int8_transformer.Int8Transformer``, coding mode ``int8``, the default
+  from 0.2.0 where the bundle ships it): the same trained network quantised to int8 weights and
+  activations with int32 sums, integer-exact like ``exact`` and about three times faster;
+- the **integer-exact** int16 one (``nets/int_transformer.IntTransformer``, coding mode ``exact``, the
+  default of 0.1): every number from the index map to the frequencies is an integer computed exactly,
   so a file decodes to the same index map on any CPU instruction set, thread count, BLAS build or
   GPU; it runs on the caller's threads and device;
 - the **float** one (``IndexTransformer``, mode ``context``, files made before the exact model):
@@ -36,6 +39,8 @@ import torch
 from vqcodec.errors import VqcFormatError
 from vqcodec.nets.int_transformer import IntTransformer
 
+INT8_FILE = "recovery-int8.safetensors"
+"""The bundle file of the int8 context model (``nets/int8_transformer.FILE``)."""
 PRECISION = 16
 CHUNK = 8192
 """Positions whose probabilities are range-coded per call (a queue coder: chunking does not
@@ -51,6 +56,41 @@ def deterministic_threads(n: int = 1):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def has_int8(bundle) -> bool:
+    """Whether ``bundle`` ships the int8 context model (and the float model whose config it shares)."""
+    return INT8_FILE in bundle.manifest.get("files", {}) and bundle.has_transformer("masked")
+
+
+def int8_model(bundle):
+    """The bundle's ``Int8Transformer``, loaded once (cached on the bundle); None if not shipped.
+    A file that fails its sha256 or its bounds is a ``VqcModelError``."""
+    if not has_int8(bundle):
+        return None
+    key = "int8:masked"
+    if key not in bundle._transformers:
+        from safetensors.torch import load_file
+
+        from vqcodec import zoo
+        from vqcodec.errors import VqcModelError
+        from vqcodec.nets.int8_transformer import Int8Transformer
+        from vqcodec.nets.transformer import TransformerConfig
+
+        try:
+            cfg = TransformerConfig.from_dict(bundle.manifest[zoo.TRANSFORMERS["masked"][0]]["config"])
+            net = Int8Transformer(cfg, load_file(zoo._verified(bundle.path, bundle.manifest, INT8_FILE)))
+        except VqcModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
+            raise VqcModelError(f"{bundle.path}: cannot load {INT8_FILE} ({str(e).splitlines()[0]})") from None
+        bundle._transformers[key] = net
+    return bundle._transformers[key]
+
+
+def int8_tag(bundle) -> int:
+    """16 bits of the int8 context model's sha256 (as ``exact_tag``, for coding mode int8)."""
+    return int(bundle.manifest["files"][INT8_FILE][:4], 16)
 
 
 def lattice_order(levels: int) -> list[tuple[int, int, int]]:

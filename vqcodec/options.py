@@ -14,8 +14,8 @@ from vqcodec import container
 from vqcodec.container import CodingMode
 from vqcodec.errors import VqcUsageError
 
-ENTROPY_CODERS = {"static": CodingMode.STATIC, "exact": CodingMode.EXACT, "context": CodingMode.CONTEXT,
-                  "raw": CodingMode.RAW}  # fmt: skip
+ENTROPY_CODERS = {"static": CodingMode.STATIC, "exact": CodingMode.EXACT, "int8": CodingMode.INT8,
+                  "context": CodingMode.CONTEXT, "raw": CodingMode.RAW}  # fmt: skip
 """``entropy=`` / ``--entropy`` names; "auto" (None) lets the codec pick per K."""
 MIN_PACKET_BYTES = 16
 
@@ -25,7 +25,7 @@ def coding_mode(entropy: str) -> CodingMode | None:
     if entropy == "auto":
         return None
     if entropy not in ENTROPY_CODERS:
-        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, exact, context or raw")
+        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, int8, exact, context or raw")
     return ENTROPY_CODERS[entropy]
 
 

@@ -182,12 +182,7 @@ class IntTransformer:
     bands = staticmethod(IndexTransformer.bands)
 
     def __init__(self, cfg, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> None:
-        if cfg.causal:
-            raise ValueError("the integer transformer covers bidirectional (masked) models only")
-        self.config = cfg
-        self.offsets = dict(zip(cfg.sizes, np.cumsum((0,) + tuple(cfg.sizes)).tolist(), strict=False))
-        self.total = sum(cfg.sizes)
-        self._check(tensors)
+        self._configure(cfg, tensors)
         t = {k: v.to(torch.int64) for k, v in tensors.items()}
         # exp beyond the table is 0: one zero appended makes the lookup a single gather of min(d, n)
         t["lut.exp"] = torch.cat([t["lut.exp"], torch.zeros(1, dtype=torch.int64)])
@@ -198,6 +193,26 @@ class IntTransformer:
                 self.t[name[:-1] + "scale"] = torch.pow(2.0, -e.double())
         self.device = torch.device("cpu")
         self.to(device)
+
+    def _configure(self, cfg, tensors: dict[str, torch.Tensor]) -> None:
+        """The config, each K's row offset, and the stored tensors' checks (before anything is built)."""
+        if cfg.causal:
+            raise ValueError("the integer transformers cover bidirectional (masked) models only")
+        self.config = cfg
+        self.offsets = dict(zip(cfg.sizes, np.cumsum((0,) + tuple(cfg.sizes)).tolist(), strict=False))
+        self.total = sum(cfg.sizes)
+        self._check(tensors)
+
+    def _tokens(self, indices: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """(B, h, w, D) input tokens of one tile batch (the mask token where masked) and K's row offset."""
+        if k not in self.offsets:
+            raise ValueError(f"K={k} not among the transformer's sizes {self.config.sizes}")
+        if indices.shape[1] > TILE or indices.shape[2] > TILE:
+            raise ValueError(f"the integer transformer runs on tiles of at most {TILE}x{TILE}")
+        indices, mask = indices.to(self.device), mask.to(self.device)
+        o, slot = self.offsets[k], self.config.sizes.index(k)
+        tok = self.t["embed"][indices.clamp(0, k - 1) + o]
+        return torch.where(mask[..., None], self.t["mask_token"][slot].expand_as(tok), tok), o
 
     def to(self, device: str | torch.device) -> IntTransformer:
         device = torch.device(device)
@@ -310,15 +325,8 @@ class IntTransformer:
         True where the index is unknown. Maps of at most TILE x TILE positions (the position table).
         ``keep``: only the logits of these flat positions, (B, len(keep), K): the last layer then
         runs its queries, MLP and head on them alone (every other number is the same)."""
-        if k not in self.offsets:
-            raise ValueError(f"K={k} not among the transformer's sizes {self.config.sizes}")
         b, h, w = indices.shape
-        if h > TILE or w > TILE:
-            raise ValueError(f"the integer transformer runs on tiles of at most {TILE}x{TILE}")
-        indices, mask = indices.to(self.device), mask.to(self.device)
-        o, slot = self.offsets[k], self.config.sizes.index(k)
-        tok = self.t["embed"][indices.clamp(0, k - 1) + o]
-        tok = torch.where(mask[..., None], self.t["mask_token"][slot].expand_as(tok), tok)
+        tok, o = self._tokens(indices, mask, k)
         grid = tok.permute(0, 3, 1, 2)
         for i in range(self.config.local):
             y = self._gelu(self._conv3x3(grid, f"local.{i}.conv"))
