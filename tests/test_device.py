@@ -55,7 +55,7 @@ def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path, capsys, monkeypatch):
 def test_default_mode_is_exact_and_device_does_not_change_the_bytes():
     pixels = make_image(64, 80, seed=5)
     data = api_encode(pixels, 64)
-    assert container.read_header(data).mode == CodingMode.EXACT
+    assert container.read_header(data).mode == CodingMode.INT8  # integer-exact, int8 since 0.2.0
     assert api_encode(pixels, 64, device="cpu") == data
     assert np.asarray(api_decode(data, device="cpu")).shape == (64, 80, 3)
 
@@ -82,8 +82,9 @@ def test_exact_file_needs_the_exact_model(tmp_path):
     shutil.copytree(src.path, d)
     man = json.loads((d / "manifest.json").read_text())
     del man["files"][zoo.EXACT["masked"]]
+    del man["files"]["recovery-int8.safetensors"]
     (d / "manifest.json").write_text(json.dumps(man))
-    data = codec.encode(make_image(48, 48), 64, src)
+    data = codec.encode(make_image(48, 48), 64, src, CodingMode.EXACT)
     with pytest.raises(VqcFormatError, match="integer-exact context model"):
         codec.unpack(data, zoo.load_model(d))
     assert codec.best_mode(zoo.load_model(d), 64) == CodingMode.STATIC

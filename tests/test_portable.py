@@ -4,7 +4,8 @@ integer context model, and decodes in fresh processes under limited instruction 
 The golden files in ``tests/expected/portable/`` were made once with the shipped default model
 (``GENERATE_EXPECTED=1 python -m pytest tests/test_portable.py`` remakes them, from Kodak crops in
 ``../shared``; ``GENERATE_EXPECTED=thumbs`` re-renders only their decoded thumbnails,
-``GENERATE_EXPECTED=lossy`` only the lossy files' recovered maps); every run,
+``GENERATE_EXPECTED=lossy`` only the lossy files' recovered maps, ``GENERATE_EXPECTED=int8`` adds
+the int8-mode files of 0.2.0 beside the older ones, which stay as they were made); every run,
 on whatever CPU CI lands on, decodes them and must find the same index maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
 bf16) and its rounding may differ between machines; only the index map is promised bit for bit.
 """
@@ -25,11 +26,11 @@ from PIL import Image
 from vqcodec import channel, codec, container, zoo
 from vqcodec.container import CodingMode
 from vqcodec.context import _groups_in_order
-from vqcodec.errors import VqcFormatError
+from vqcodec.errors import VqcFormatError, VqcUsageError
 from vqcodec.nets import int_transformer as it
 
 from .conftest import REPO, SHARED, make_image
-from .int_reference import Reference
+from .int_reference import Int8Reference, Reference
 
 GOLDEN = REPO / "tests" / "expected" / "portable"
 PHOTOS = ("kodim01", "kodim05", "kodim13", "kodim23")
@@ -70,10 +71,8 @@ def _generate() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     expected = {}
     for n, photo in enumerate(PHOTOS):
-        img = np.asarray(Image.open(SHARED / "datasets" / "kodak" / f"{photo}.png").convert("RGB"))
-        y0, x0 = (img.shape[0] - CROP[1]) // 2, (img.shape[1] - CROP[0]) // 2
-        crop = np.ascontiguousarray(img[y0 : y0 + CROP[1], x0 : x0 + CROP[0]])
-        jobs = [(k, CodingMode.EXACT, 0, None) for k in (8, 64, 1024)]
+        crop = _crop(photo)
+        jobs = [(k, mode, 0, None) for k in (8, 64, 1024) for mode in (CodingMode.EXACT, CodingMode.INT8)]
         jobs += [((64, 1024, 8, 64)[n], CodingMode.STATIC, 16, n)]  # packetized, 30 % of the packets lost
         if n == 0:
             jobs.append((64, CodingMode.CONTEXT, 0, None))  # a float-context (legacy mode) file
@@ -126,8 +125,32 @@ def _remap_lossy() -> None:
     (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
 
 
+def _crop(photo: str) -> np.ndarray:
+    img = np.asarray(Image.open(SHARED / "datasets" / "kodak" / f"{photo}.png").convert("RGB"))
+    y0, x0 = (img.shape[0] - CROP[1]) // 2, (img.shape[1] - CROP[0]) // 2
+    return np.ascontiguousarray(img[y0 : y0 + CROP[1], x0 : x0 + CROP[0]])
+
+
+def _add_int8() -> None:
+    """Add the int8-mode golden files (``GENERATE_EXPECTED=int8``) to the existing set: the same
+    crops at K = 8, 64, 1024, coded with the int8 context model; every other file stays as made."""
+    bundle = zoo.load_model(None)
+    meta = json.loads((GOLDEN / "expected.json").read_text())
+    for photo in PHOTOS:
+        crop = _crop(photo)
+        for k in (8, 64, 1024):
+            name = f"{photo}-k{k}-int8.vqc"
+            data = codec.pack(codec.analyze(crop, bundle, k), bundle, CodingMode.INT8)
+            (GOLDEN / name).write_bytes(data)
+            meta["files"][name] = {"map": _record(name, _decode_map(data), bundle), "k": k, "mode": "int8",
+                                   "lossy": False}  # fmt: skip
+    (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
+
+
 if os.environ.get("GENERATE_EXPECTED") == "1":
     _generate()
+elif os.environ.get("GENERATE_EXPECTED") == "int8":
+    _add_int8()
 elif os.environ.get("GENERATE_EXPECTED") == "thumbs":
     _rethumb()
 elif os.environ.get("GENERATE_EXPECTED") == "lossy":
@@ -146,7 +169,7 @@ def test_golden_file_decodes_to_its_index_map(name):
     assert np.array_equal(enc.indices, want), f"{(enc.indices != want).sum()} indices differ"
     assert map_hash(enc.indices) == EXPECTED[name]["map"]
     if not EXPECTED[name]["lossy"]:
-        assert container.read_header(data).mode == CodingMode.EXACT
+        assert container.read_header(data).mode == CodingMode[EXPECTED[name]["mode"].upper()]
     pixels = codec.synthesize(enc, zoo.load_model(None))
     ref = np.asarray(Image.open(GOLDEN / name.replace(".vqc", ".thumb.png"))).astype(np.float64)
     mse = ((_thumb(pixels).astype(np.float64) - ref) ** 2).mean()
@@ -181,18 +204,23 @@ def test_numpy_reference_gives_the_same_frequencies(name):
     net = bundle.exact_transformer("masked")
     cfg = net.config
     ref = Reference(_tensors(bundle), cfg.sizes, cfg.dim, cfg.depth, cfg.heads, cfg.local)
+    _same_frequencies(net, ref, name, bundle.context_levels)
+
+
+def _same_frequencies(net, ref, name: str, levels: int) -> None:
+    """Every context group of a golden file's map: the production logits (whole tiles and the coder's
+    kept rows alike) give the reference's frequencies."""
     k = EXPECTED[name]["k"]
     plane = np.load(GOLDEN / name.replace(".vqc", ".map.npy")).astype(np.int64)[0]
     h, w = plane.shape
     visible = np.zeros((h, w), bool)
     idx = torch.from_numpy(plane)
-    for sel in _groups_in_order(h, w, bundle.context_levels):
+    for sel in _groups_in_order(h, w, levels):
         want = ref.frequencies(ref.map_logits(plane, ~visible, k)[sel])
         full = net.tiled(idx, torch.from_numpy(~visible), k)[torch.from_numpy(sel)]
         fast = net.coding_logits(idx, torch.from_numpy(~visible), k, torch.from_numpy(sel), (0, h))
         assert torch.equal(full, fast)
-        got = net.frequencies(fast).numpy()
-        assert np.array_equal(got, want)
+        assert np.array_equal(net.frequencies(fast).numpy(), want)
         visible |= sel
 
 
@@ -232,6 +260,7 @@ def test_encoded_under_limited_instruction_sets_decodes_with_the_full_ones(tmp_p
     Image.fromarray(make_image(112, 176, seed=3)).save(img)
     jobs = [[str(img), 64, "EXACT", str(tmp_path / "a.vqc"), 0, None],
             [str(img), 1024, "EXACT", str(tmp_path / "b.vqc"), 0, None],
+            [str(img), 64, "INT8", str(tmp_path / "d.vqc"), 0, None],
             [str(img), 64, "STATIC", str(tmp_path / "c.vqc"), 8, 2]]  # fmt: skip
     limited = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "VQC_THREADS": "1"}
     made = _run(limited, "encoder", jobs)
@@ -329,3 +358,59 @@ def test_tempered_blend_changes_the_vectors_not_the_map():
     same = miss & (fi == ii)
     assert same.sum() > 0.8 * miss.sum()  # the integer network mostly makes the float one's choices
     assert (fs[same] - is_[same]).abs().max() < 0.05  # and its tempered blend tracks the float one's
+
+
+# -- the int8 context model (coding mode int8, 0.2.0) -----------------------------------------------
+
+
+def _int8_tensors(bundle):
+    from safetensors.numpy import load_file
+
+    from vqcodec import context
+
+    return load_file(bundle.path / context.INT8_FILE)
+
+
+@pytest.mark.parametrize("name", ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc"])
+def test_int8_numpy_reference_gives_the_same_frequencies(name):
+    """The int8 spec in numpy int64 (tests/int_reference.py) gives every context group's
+    frequencies exactly as the production path (torch._int_mm and float32 products)."""
+    from vqcodec import context
+
+    bundle = zoo.load_model(None)
+    net = context.int8_model(bundle)
+    cfg = net.config
+    ref = Int8Reference(_int8_tensors(bundle), cfg.sizes, cfg.dim, cfg.depth, cfg.heads, cfg.local)
+    _same_frequencies(net, ref, name, bundle.context_levels)
+
+
+def test_damaged_int8_model_is_refused(tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vqcodec import context
+    from vqcodec.errors import VqcModelError
+
+    src = zoo.load_model(None)
+    d = tmp_path / "b"
+    shutil.copytree(src.path, d)
+    tensors = dict(_int8_tensors(src))
+    tensors["layers.0.ff1.w"] = np.clip(tensors["layers.0.ff1.w"].astype(np.int16) * 2, -127, 127).astype(np.int8)
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(d / context.INT8_FILE))
+    man = json.loads((d / "manifest.json").read_text())
+    man["files"][context.INT8_FILE] = zoo.sha256_file(d / context.INT8_FILE)
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(VqcModelError, match="out of range"):
+        context.int8_model(zoo.load_model(d))
+
+
+def test_int8_mode_is_the_default_and_refuses_packets():
+    bundle = zoo.load_model(None)
+    enc = codec.analyze(make_image(64, 96, seed=1), bundle, 64)
+    assert codec.best_mode(bundle, 64) == CodingMode.INT8
+    data = codec.pack(enc, bundle, CodingMode.INT8)
+    assert container.read_header(data).mode == CodingMode.INT8
+    assert np.array_equal(codec.unpack(data)[0].indices, enc.indices)
+    with pytest.raises(VqcUsageError, match="whole map"):
+        codec.pack(enc, bundle, CodingMode.INT8, packets=4)
