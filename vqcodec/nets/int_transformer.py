@@ -3,7 +3,7 @@
 Why: the context coder turns the transformer's output into the range coder's frequencies, and the
 decoder must rebuild them bit for bit. Float logits differ in their last bits between kernels
 (AVX-512 against AVX2, one thread against two, CPU against CUDA), and ``round(p * 2^16)`` turns
-that into different frequencies: a file made on one computer failed on another (issue 30). Here
+that into different frequencies: a file made on one computer failed on another (before 0.1.0's exact mode). Here
 every number from the index map to the frequencies is an integer, computed by an arithmetic whose
 result does not depend on the order of operations (the recipe of Ballé et al., "Integer networks
 for data compression", and I-BERT's integer LayerNorm and softmax):
