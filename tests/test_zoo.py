@@ -141,3 +141,27 @@ def test_models_are_listed_with_lpips_at_plain_k64s_rate():
     assert zoo.reference_k(two) == 8 and zoo.kodak_lpips(two) == "0.250 (K=8, m=2)"
     assert zoo.kodak_lpips({"quantizer": {"m": 1}, "scores": {}}) == "-"
     assert zoo.kodak_lpips({"quantizer": {"m": 1}, "scores": {"64": {"bpp": 0.1}}}) == "-"
+
+
+def test_a_config_is_sized_on_the_meta_device_without_initialising_it(tmp_path):
+    """``_checked_build`` counts parameters with the random initialisers switched off (no values
+    are needed on the meta device, and their reference kernels would import ``torch._dynamo``, a
+    second of every model load); an oversized config is refused, a real build is initialised."""
+    import torch
+
+    def embedding(rows: int) -> torch.nn.Module:
+        return torch.nn.Embedding(rows, 4)
+
+    with pytest.raises(VqcModelError, match="parameters, more than the limit"):
+        zoo._checked_build(tmp_path, embedding, zoo.MAX_PARAMETERS)
+    net = zoo._checked_build(tmp_path, embedding, 8)
+    assert net.weight.device.type == "cpu" and float(net.weight.detach().std()) > 0
+
+
+def test_loading_the_default_model_does_not_import_the_compiler():
+    import subprocess
+    import sys
+
+    code = "import sys, vqcodec; vqcodec.load_model(); print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
