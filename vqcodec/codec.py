@@ -364,11 +364,12 @@ def best_mode(bundle: Bundle, k: int) -> CodingMode:
     itself: its files may not decode on another computer (``context``)."""
     from vqcodec import context
 
-    if bundle.m != 1 or not (bundle.has_exact("masked") or context.has_int8(bundle)):
+    int8 = context.has_int8(bundle)
+    if bundle.m != 1 or not (int8 or bundle.has_exact("masked")):
         return CodingMode.STATIC
-    if context.has_int8(bundle) and k in bundle.transformer("masked").config.sizes:
-        return CodingMode.INT8
-    return CodingMode.EXACT if k in bundle.transformer("masked").config.sizes else CodingMode.STATIC
+    if k not in bundle.transformer("masked").config.sizes:  # the int8 and int16 models share its config
+        return CodingMode.STATIC
+    return CodingMode.INT8 if int8 else CodingMode.EXACT
 
 
 def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0,
@@ -445,21 +446,22 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     """The K a byte budget may choose from: every K, but for forced context coding only those
     with a context model (the others cannot be coded that way at all)."""
     ks = bundle.codebook_sizes
-    if mode == CodingMode.INT8:
-        from vqcodec import context
-
-        net = context.int8_model(bundle) if bundle.m == 1 else None
-        usable = [k for k in ks if net is not None and k in net.config.sizes]
-        if not usable:
-            _int8_net(bundle, ks[0])  # raises the usual "no context model" usage error
-        return usable
-    if mode not in (CodingMode.CONTEXT, CodingMode.EXACT):
+    if mode not in (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8):
         return ks
     exact = mode == CodingMode.EXACT
-    net = None if bundle.m != 1 else bundle.exact_transformer("masked") if exact else bundle.recovery_model
+    if bundle.m != 1:
+        net = None
+    elif mode == CodingMode.INT8:
+        from vqcodec import context
+
+        net = context.int8_model(bundle)
+    else:
+        net = bundle.exact_transformer("masked") if exact else bundle.recovery_model
     usable = [k for k in ks if net is not None and k in net.config.sizes]
-    if not usable:
-        _context_net(bundle, ks[0], exact)  # raises the usual "no context model" usage error
+    if not usable and mode == CodingMode.INT8:
+        _int8_net(bundle, ks[0])  # raises the usual "no context model" usage error
+    elif not usable:
+        _context_net(bundle, ks[0], exact)  # the same for the int16 and float models
     return usable
 
 

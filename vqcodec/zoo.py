@@ -319,9 +319,14 @@ LPIPS: a bundle with m index planes is quoted at the K where m x log2 K is neare
 codebook with m = 2: K = 8), so bundles of different quantizers are listed at about the same rate."""
 
 
+def _planes(manifest: dict) -> int:
+    """Index planes m of a manifest's quantizer (1 for plain VQ)."""
+    return int(manifest.get("quantizer", {}).get("m", manifest.get("config", {}).get("m", 1)))
+
+
 def reference_k(manifest: dict) -> int | None:
     """The scored K of a bundle nearest to ``REFERENCE_BITS`` bits a position (ties: the smaller K)."""
-    m = int(manifest.get("quantizer", {}).get("m", manifest.get("config", {}).get("m", 1)))
+    m = _planes(manifest)
     scored = [int(k) for k, s in manifest.get("scores", {}).items() if k.isdigit() and isinstance(s, dict)]
     if not scored:
         return None
@@ -335,7 +340,7 @@ def kodak_lpips(manifest: dict) -> str:
     s = manifest["scores"].get(str(k), {}) if k is not None else {}
     if "lpips" not in s:
         return "-"
-    m = int(manifest.get("quantizer", {}).get("m", 1))
+    m = _planes(manifest)
     return f"{s['lpips']:.3f} (K={k}" + (f", m={m})" if m > 1 else ")")
 
 
