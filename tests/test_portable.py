@@ -366,9 +366,8 @@ def test_tempered_blend_changes_the_vectors_not_the_map():
 def _int8_tensors(bundle):
     from safetensors.numpy import load_file
 
-    from vqcodec import context
 
-    return load_file(bundle.path / context.INT8_FILE)
+    return load_file(bundle.path / zoo.INT8)
 
 
 @pytest.mark.parametrize("name", ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc"])
@@ -397,9 +396,9 @@ def test_damaged_int8_model_is_refused(tmp_path):
     shutil.copytree(src.path, d)
     tensors = dict(_int8_tensors(src))
     tensors["layers.0.ff1.w"] = np.clip(tensors["layers.0.ff1.w"].astype(np.int16) * 2, -127, 127).astype(np.int8)
-    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(d / context.INT8_FILE))
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(d / zoo.INT8))
     man = json.loads((d / "manifest.json").read_text())
-    man["files"][context.INT8_FILE] = zoo.sha256_file(d / context.INT8_FILE)
+    man["files"][zoo.INT8] = zoo.sha256_file(d / zoo.INT8)
     (d / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(VqcModelError, match="out of range"):
         context.int8_model(zoo.load_model(d))

@@ -64,6 +64,7 @@ def encode(
     max_bytes: int | None = None,
     max_pixels: int = MAX_PIXELS,
     device: str = "auto",
+    effort: int = 1,
 ) -> bytes:
     """Compress an image to the bytes of a .vqc file: the bytes ``vqc encode`` writes with the
     same options.
@@ -86,6 +87,10 @@ def encode(
             smallest K is too big, and ``VqcUsageError`` when ``codebook`` is given too.
         max_pixels: refuse images with more pixels than this.
         device: where the networks run: "auto" (CUDA when present), "cpu" or "cuda[:N]".
+        effort: 1 (each position's nearest code: fast, the default) to 5: levels above 1
+            search the index map against the decoder (``vqcodec.effort``) for a better picture
+            in at most the bytes effort 1 writes (or ``max_bytes``); files of any effort decode
+            with every decoder. Needs the LPIPS-VGG loss network (``vqcodec[effort]``).
 
     Raises ``VqcUsageError`` (one line, as the CLI prints it) for bad options: parity without
     packets, a packet count out of 1..255, an unknown entropy coder, an unavailable K...
@@ -97,6 +102,7 @@ def encode(
     """
     mode = options.coding_mode(entropy)
     n_packets, packet_bytes = options.packet_layout(packets, parity)
+    effort = options.check_effort(effort)
     if max_bytes is not None:
         if codebook is not None:
             raise VqcUsageError("give either codebook or max_bytes, not both: max_bytes chooses the codebook size")
@@ -108,7 +114,8 @@ def encode(
     if max_bytes is None:
         bundle.codebook(k)  # an unavailable K: the usage error, before any network runs
     with devices.using(device):
-        data, _ = codec.compress(pixels, bundle, k, max_bytes, codec.PackOptions(mode, n_packets, packet_bytes, parity))
+        options_ = codec.PackOptions(mode, n_packets, packet_bytes, parity)
+        data, _ = codec.compress(pixels, bundle, k, max_bytes, options_, effort=effort)
     return data
 
 

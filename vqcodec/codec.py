@@ -506,15 +506,86 @@ def compress(
     max_bytes: int | None = None,
     options: PackOptions = PackOptions(),
     sizes: list[int] | None = None,
+    effort: int = 1,
 ) -> tuple[bytes, Encoded]:
     """(H, W, 3) uint8 -> (file bytes, index map): at ``codebook_size``, or with ``max_bytes`` the
     largest K whose whole file fits (``fit``; ``sizes`` the K to choose from, default
-    ``budget_sizes``). Runs on the enclosing ``device.using`` device."""
+    ``budget_sizes``). Runs on the enclosing ``device.using`` device.
+
+    ``effort`` > 1 then searches the index map against the decoder (``vqcodec.effort``) for a
+    better picture in at most the same bytes: those of the effort-1 file, or ``max_bytes``."""
+    if effort != 1:
+        check_effort_model(bundle, effort)
     if max_bytes is None:
-        enc = analyze(pixels, bundle, codebook_size)
-        return pack_with(enc, bundle, options), enc
-    ks = budget_sizes(bundle, options.mode) if sizes is None else sizes
-    return fit(encode_latent(pixels, bundle), bundle, max_bytes, lambda e: pack_with(e, bundle, options), ks)
+        bundle.codebook(codebook_size)  # an unavailable K fails before the encoder runs
+        latent = encode_latent(pixels, bundle)
+        enc = quantize(latent, bundle, codebook_size)
+        data = pack_with(enc, bundle, options)
+        budget = len(data)
+    else:
+        ks = budget_sizes(bundle, options.mode) if sizes is None else sizes
+        latent = encode_latent(pixels, bundle)
+        data, enc = fit(latent, bundle, max_bytes, lambda e: pack_with(e, bundle, options), ks)
+        budget = max_bytes
+    if effort == 1:
+        return data, enc
+    return searched(pixels, latent, enc, data, bundle, options, budget, effort)
+
+
+def check_effort_model(bundle: Bundle, effort: int) -> None:
+    """Effort above 1 searches single-plane VQ maps (``m`` = 1 models): a usage error otherwise."""
+    from vqcodec.options import check_effort
+
+    check_effort(effort)
+    if bundle.m != 1 or not hasattr(bundle.model.quantize, "codes"):
+        raise VqcUsageError(f"--effort above 1 searches single-plane index maps; model {bundle.name!r} has "
+                            f"m = {bundle.m}: use --effort 1")  # fmt: skip
+
+
+def _rate_model(bundle: Bundle, k: int, mode: CodingMode):
+    """What each code costs at each position in coding mode ``mode`` (``effort.RateTable``)."""
+    from vqcodec import effort
+
+    if mode == CodingMode.INT8:
+        return effort.context_rate(_int8_net(bundle, k), k, bundle.context_levels)
+    if mode in (CodingMode.EXACT, CodingMode.CONTEXT):
+        return effort.context_rate(_context_net(bundle, k, mode == CodingMode.EXACT), k, bundle.context_levels)
+    if mode == CodingMode.RAW:
+        return effort.static_rate(np.full(k, 1.0 / k))
+    return effort.static_rate(bundle.table(k).probabilities())
+
+
+def searched(pixels: np.ndarray, latent: Latent, enc: Encoded, nearest: bytes, bundle: Bundle,
+             options: PackOptions, max_bytes: int, effort: int) -> tuple[bytes, Encoded]:  # fmt: skip
+    """The effort search's file for ``enc``, the nearest-code map whose file ``nearest`` fits
+    ``max_bytes``."""
+    from vqcodec import effort as search
+
+    k = enc.codebook_size
+    mode = mode_for(bundle, k, options.mode, options.packetized)
+    model = bundle.model
+    dev = next(model.parameters()).device
+    image = _to_tensor(pad_to_multiple(pixels, bundle.stride)).to(dev)
+    codes = model.quantize.codes(bundle.codebook(k)).to(dev)
+
+    def with_map(q: np.ndarray) -> Encoded:
+        return Encoded(q[None].astype(np.int64), enc.image_size, enc.padded_size, k, enc.model_id)
+
+    packed: dict[bytes, bytes] = {enc.indices[0].tobytes(): nearest}  # each map is coded once
+
+    def file_of(q: np.ndarray) -> bytes:
+        key = q.astype(np.int64).tobytes()
+        if key not in packed:
+            packed[key] = pack_with(with_map(q), bundle, options)
+        return packed[key]
+
+    def size_of(q: np.ndarray) -> int:
+        return len(file_of(q))
+
+    with torch.enable_grad():
+        out = search.improve(model, latent.z.to(dev), codes, image, enc.image_size, enc.indices[0],
+                             _rate_model(bundle, k, mode), size_of, max_bytes, effort)  # fmt: skip
+    return file_of(out.indices), with_map(out.indices)
 
 
 def encode_within(

@@ -39,8 +39,6 @@ import torch
 from vqcodec.errors import VqcFormatError
 from vqcodec.nets.int_transformer import IntTransformer
 
-INT8_FILE = "recovery-int8.safetensors"
-"""The bundle file of the int8 context model (``nets/int8_transformer.FILE``)."""
 PRECISION = 16
 CHUNK = 8192
 """Positions whose probabilities are range-coded per call (a queue coder: chunking does not
@@ -59,38 +57,20 @@ def deterministic_threads(n: int = 1):
 
 
 def has_int8(bundle) -> bool:
-    """Whether ``bundle`` ships the int8 context model (and the float model whose config it shares)."""
-    return INT8_FILE in bundle.manifest.get("files", {}) and bundle.has_transformer("masked")
+    """Whether ``bundle`` ships the int8 context model (``Bundle.has_int8``)."""
+    return bundle.has_int8()
 
 
 def int8_model(bundle):
-    """The bundle's ``Int8Transformer``, loaded once (cached on the bundle); None if not shipped.
-    A file that fails its sha256 or its bounds is a ``VqcModelError``."""
-    if not has_int8(bundle):
-        return None
-    key = "int8:masked"
-    if key not in bundle._transformers:
-        from safetensors.torch import load_file
-
-        from vqcodec import zoo
-        from vqcodec.errors import VqcModelError
-        from vqcodec.nets.int8_transformer import Int8Transformer
-        from vqcodec.nets.transformer import TransformerConfig
-
-        try:
-            cfg = TransformerConfig.from_dict(bundle.manifest[zoo.TRANSFORMERS["masked"][0]]["config"])
-            net = Int8Transformer(cfg, load_file(zoo._verified(bundle.path, bundle.manifest, INT8_FILE)))
-        except VqcModelError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
-            raise VqcModelError(f"{bundle.path}: cannot load {INT8_FILE} ({str(e).splitlines()[0]})") from None
-        bundle._transformers[key] = net
-    return bundle._transformers[key]
+    """The bundle's ``Int8Transformer`` (``Bundle.int8_transformer``), or None if not shipped."""
+    return bundle.int8_transformer()
 
 
 def int8_tag(bundle) -> int:
     """16 bits of the int8 context model's sha256 (as ``exact_tag``, for coding mode int8)."""
-    return int(bundle.manifest["files"][INT8_FILE][:4], 16)
+    from vqcodec import zoo
+
+    return int(bundle.manifest["files"][zoo.INT8][:4], 16)
 
 
 def lattice_order(levels: int) -> list[tuple[int, int, int]]:

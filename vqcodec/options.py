@@ -78,3 +78,14 @@ def packet_layout(packets: int | str | None, parity: int = 0) -> tuple[int, int]
         raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
     container.check_parity(n_packets, parity)
     return n_packets, packet_bytes
+
+
+MAX_EFFORT = 5
+"""Encoder effort levels are 1 .. MAX_EFFORT (``vqcodec.effort``)."""
+
+
+def check_effort(effort: object) -> int:
+    """An effort level, checked before any work: a whole number 1 .. MAX_EFFORT."""
+    if isinstance(effort, bool) or not isinstance(effort, int) or not 1 <= effort <= MAX_EFFORT:
+        raise VqcUsageError(f"effort must be a whole number from 1 to {MAX_EFFORT}, not {effort!r}")
+    return effort

@@ -99,21 +99,25 @@ class LPIPS(nn.Module):
         layers: how many of the 5 taps to use; 3 cuts VGG after relu3_3 (cheaper training loss).
     """
 
-    def __init__(self, net: str = "alex", layers: int = 5, wdir: Path | None = None) -> None:
+    def __init__(self, net: str = "alex", layers: int = 5, wdir: Path | None = None,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
         super().__init__()
         if net not in _TAPS or not 1 <= layers <= 5:
             raise ValueError("net must be 'alex' or 'vgg' and layers in 1..5")
-        feats = load_backbone(net, wdir)
         taps = _TAPS[net][:layers]
+        if tensors is None:  # the shared weights folder
+            feats = load_backbone(net, wdir)
+        else:  # torchvision's own network (``vqcodec.loss_weights``): its ``features.N.*`` tensors
+            feats = (vgg16_features() if net == "vgg" else alexnet_features())[: taps[-1]]
+            feats.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in tensors.items() if k.startswith("features.")})
+            feats.eval().requires_grad_(False)
+        lin = torch.load(_package_data("lpips", "weights", "v0.1", f"{net}.pth"), map_location="cpu", weights_only=True)
+        lins = [lin[f"lin{i}.model.1.weight"] for i in range(layers)]
         if len(feats) < taps[-1]:
             raise ValueError(f"the {net} weights found stop at layer {len(feats)}: {layers} LPIPS taps need {taps[-1]}")
         self.features = feats[: taps[-1]]
         self.taps = taps
-        lin = torch.load(_package_data("lpips", "weights", "v0.1", f"{net}.pth"), map_location="cpu",
-                         weights_only=True)  # fmt: skip
-        self.lins = nn.ParameterList(
-            [nn.Parameter(lin[f"lin{i}.model.1.weight"], requires_grad=False) for i in range(layers)]
-        )
+        self.lins = nn.ParameterList([nn.Parameter(w, requires_grad=False) for w in lins])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.eval()

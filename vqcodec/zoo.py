@@ -51,6 +51,8 @@ TRANSFORMERS = {
     "fill": ("recovery_fill", RECOVERY_FILL),
 }
 EXACT = {"masked": "recovery-int.safetensors", "fill": "recovery-fill-int.safetensors"}
+INT8 = "recovery-int8.safetensors"
+"""The file of the int8 context model (coding mode ``int8``), beside the int16 one; not in the model id."""
 """kind -> file of the integer-exact copy of a bidirectional transformer (``nets/int_transformer``):
 the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
 computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
@@ -118,21 +120,44 @@ class Bundle:
         """The integer-exact ``IntTransformer`` of ``kind``, loaded once; None if not shipped."""
         key = "exact:" + kind
         if key not in self._transformers and self.has_exact(kind):
-            from safetensors.torch import load_file
-
             from vqcodec.nets.int_transformer import IntTransformer
-            from vqcodec.nets.transformer import IndexTransformer, TransformerConfig
+            from vqcodec.nets.transformer import IndexTransformer
 
-            fname = EXACT[kind]
-            try:
-                cfg = TransformerConfig.from_dict(self.manifest[TRANSFORMERS[kind][0]]["config"])
+            def build(cfg, tensors):
                 _checked_build(self.path, IndexTransformer, cfg)  # bounds the config's size
-                net = IntTransformer(cfg, load_file(_verified(self.path, self.manifest, fname)))
-            except VqcModelError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
-                raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
-            self._transformers[key] = net
+                return IntTransformer(cfg, tensors)
+
+            self._transformers[key] = self._integer_net(kind, EXACT[kind], build)
+        return self._transformers.get(key)
+
+    def _integer_net(self, kind: str, fname: str, build):
+        """``build(config of transformer kind, tensors of fname)``, with a damaged or tampered file
+        (sha256, bounds, shapes) a one-line ``VqcModelError``, never a traceback."""
+        from safetensors.torch import load_file
+
+        from vqcodec.nets.transformer import TransformerConfig
+
+        try:
+            cfg = TransformerConfig.from_dict(self.manifest[TRANSFORMERS[kind][0]]["config"])
+            return build(cfg, load_file(_verified(self.path, self.manifest, fname)))
+        except VqcModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
+            raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
+
+    def has_int8(self) -> bool:
+        """Whether the bundle ships the int8 context model (and the float model whose config it shares)."""
+        return INT8 in self.manifest.get("files", {}) and self.has_transformer("masked")
+
+    def int8_transformer(self):
+        """The int8 context model (``nets/int8_transformer.Int8Transformer``, coding mode ``int8``),
+        loaded once; None if not shipped. A file that fails its sha256 or its bounds is a
+        ``VqcModelError``."""
+        key = "int8:masked"
+        if key not in self._transformers and self.has_int8():
+            from vqcodec.nets.int8_transformer import Int8Transformer
+
+            self._transformers[key] = self._integer_net("masked", INT8, Int8Transformer)
         return self._transformers.get(key)
 
     @property

@@ -30,6 +30,7 @@ class EncodeSettings:
     model: str | None = None
     device: str = "auto"
     max_pixels: int = MAX_PIXELS
+    effort: int = 1
 
     def check(self) -> None:
         """What can be checked without the model (the rest: ``preflight_encode`` on a worker)."""
@@ -39,6 +40,7 @@ class EncodeSettings:
             raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {self.max_bytes}")
         options.coding_mode(self.entropy)
         options.packet_layout(self.packets_spec, self.parity)
+        options.check_effort(self.effort)
 
     @property
     def packets_spec(self) -> int | str | None:
@@ -49,6 +51,8 @@ class EncodeSettings:
         """What makes two runs' files comparable: stored in parquet parts, checked on resume."""
         d = asdict(self)
         del d["device"], d["max_pixels"]  # where it ran and the size guard do not change the bytes
+        if d["effort"] == 1:
+            del d["effort"]  # as jobs written before the option existed: their parts stay resumable
         d["model"] = f"{model_id:08x}"
         return d
 

@@ -99,6 +99,11 @@ def preflight_encode(settings: EncodeSettings) -> tuple[Any, str, bool]:
             bundle.codebook(settings.codebook)
         else:
             codec.budget_sizes(bundle, forced)
+        if settings.effort != 1:
+            from vqcodec import loss_weights
+
+            codec.check_effort_model(bundle, settings.effort)
+            loss_weights.lpips_vgg()
         return bundle.name, bundle.model_id
 
     return _answer(check)
@@ -159,7 +164,8 @@ def encode_chunk(items: list[tuple[str, bytes | None]], settings: EncodeSettings
             try:
                 blob = api.encode(img.pixels, codebook, bundle, entropy=settings.entropy,
                                   packets=settings.packets_spec, parity=settings.parity,
-                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, device=dev)  # fmt: skip
+                                  max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, device=dev,
+                                  effort=settings.effort)  # fmt: skip
             except VqcBudgetError as e:
                 raise VqcError(str(e)) from None
             h, w = img.pixels.shape[:2]
