@@ -76,6 +76,13 @@ def test_budget_packets_and_static_coding(gan2):
     assert vqcodec.decode_array(d2).shape == img.shape
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (8, 8), (20, 13), (40, 17)])
+def test_tiny_images_keep_the_nearest_codes(tiny, hw):
+    """Too small for the loss network to measure: no search, no error, the effort-1 bytes."""
+    img = make_image(*hw, seed=1)
+    assert vqcodec.encode(img, 16, tiny, effort=3) == vqcodec.encode(img, 16, tiny)
+
+
 def test_tiles_partition_the_map():
     for h, w in [(1, 1), (5, 7), (48, 48), (49, 97), (100, 3)]:
         seen = np.zeros((h, w), int)

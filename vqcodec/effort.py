@@ -45,6 +45,10 @@ TILE = 48
 """Side, in map positions, of a tile's core (768 pixels): a Kodak photo is one tile."""
 HALO = 3
 """Map positions of context around a tile's core (48 pixels; the decoder's reach from a position)."""
+MIN_SIDE = 32
+"""Pixels a tile's core needs on each side to be searched: LPIPS-VGG's deepest tap sees the image
+at 1/16 scale, and a sliver of a few pixels says little about a picture. Smaller images and
+slivers keep their nearest codes."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def search(model, z: torch.Tensor, codes: torch.Tensor, image: torch.Tensor, siz
         y1 = min(y0 + (rows.stop - rows.start) * stride, size[1] - py0)
         x1 = min(x0 + (cols.stop - cols.start) * stride, size[0] - px0)
         target = image[:, :, py0 + y0 : py0 + y1, px0 + x0 : px0 + x1]
-        if y1 <= y0 or x1 <= x0:  # all padding: the cheapest codes near the latent do
+        if min(y1 - y0, x1 - x0) < MIN_SIDE:  # padding, or too small to measure: the nearest codes stay
             continue
         loss_fn = Distortion(target, s.l1, s.colour)
         fixed = F.embedding(torch.from_numpy(out[wr, wc]).reshape(-1), codes)  # neighbours' codes
