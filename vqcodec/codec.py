@@ -585,7 +585,7 @@ def searched(pixels: np.ndarray, latent: Latent, enc: Encoded, nearest: bytes, b
     with torch.enable_grad():
         out = search.improve(model, latent.z.to(dev), codes, image, enc.image_size, enc.indices[0],
                              _rate_model(bundle, k, mode), size_of, max_bytes, effort)  # fmt: skip
-    return file_of(out.indices), with_map(out.indices)
+    return file_of(out), with_map(out)
 
 
 def encode_within(

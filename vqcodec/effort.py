@@ -155,16 +155,6 @@ def _autocast():
 
 
 # ---------------------------------------------------------------- search
-@dataclass
-class Outcome:
-    """What a search did: for ``vqc encode --effort`` reports and the benchmark."""
-
-    indices: np.ndarray  # (h, w) the chosen map
-    changed: float = 0.0  # share of positions whose code differs from the nearest code
-    reverted: int = 0  # positions put back to fit the byte budget
-    fell_back: bool = False  # nothing better fitted: the nearest-code map
-
-
 def _tiles(h: int, w: int) -> list[tuple[slice, slice, slice, slice]]:
     """(rows, cols) of each tile's core and of the window (core + halo) it decodes."""
     out = []
@@ -294,16 +284,13 @@ def fit_budget(q0: np.ndarray, q: np.ndarray, rate: RateTable, size_of: Callable
 
 def improve(model, z: torch.Tensor, codes: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
             q0: np.ndarray, rate: RateTable, size_of: Callable[[np.ndarray], int], max_bytes: int,
-            effort: int) -> Outcome:  # fmt: skip
+            effort: int) -> np.ndarray:  # fmt: skip
     """The searched map for ``effort`` whose file (``size_of``) is at most ``max_bytes``; ``q0``
     (the nearest-code map, whose file the caller has checked) when the search finds nothing
     better that fits."""
     s = settings(effort)
     if s.steps <= 0:
-        return Outcome(q0)
-    base = size_of(q0)
-    ratio = max(max_bytes, 1) / max(base, 1)
+        return q0
+    ratio = max(max_bytes, 1) / max(size_of(q0), 1)
     q, margin = search(model, z, codes, image, size, q0, rate, ratio, s)
-    changed = float((q != q0).mean())
-    q, reverted = fit_budget(q0, q, rate, size_of, max_bytes, margin)
-    return Outcome(q, changed, reverted, bool((q == q0).all()) and changed > 0)
+    return fit_budget(q0, q, rate, size_of, max_bytes, margin)[0]
