@@ -63,7 +63,7 @@ def worker(files: list[str]) -> dict[str, str]:
 
     if threads:
         torch.set_num_threads(int(threads))
-    from vqcodec import codec, container
+    from vqcodec import codec
     from vqcodec.errors import VqcError
 
     pixels_dir = os.environ.get("VQC_PIXELS_DIR")  # also decode the pictures, saved there as .npy
@@ -71,10 +71,7 @@ def worker(files: list[str]) -> dict[str, str]:
     for f in files:
         data = Path(f).read_bytes()
         try:
-            if container.is_packetized(data[:4]):
-                enc, bundle, _ = codec.unpack_packets(data)
-            else:
-                enc, bundle = codec.unpack(data)
+            enc, bundle, _ = codec.unpack_any(data)
             out[f] = map_hash(enc.indices)
             if pixels_dir:
                 import numpy as np

@@ -25,7 +25,7 @@ from PIL import Image
 
 from vqcodec import channel, codec, container, zoo
 from vqcodec.container import CodingMode
-from vqcodec.context import _groups_in_order
+from vqcodec.context import groups_in_order
 from vqcodec.errors import VqcFormatError, VqcUsageError
 from vqcodec.nets import int_transformer as it
 
@@ -53,9 +53,7 @@ def _thumb(pixels: np.ndarray) -> np.ndarray:
 
 
 def _decode_map(data: bytes):
-    if container.is_packetized(data[:4]):
-        return codec.unpack_packets(data)[0]
-    return codec.unpack(data)[0]
+    return codec.unpack_any(data)[0]
 
 
 def _record(name: str, enc, bundle) -> str:
@@ -215,7 +213,7 @@ def _same_frequencies(net, ref, name: str, levels: int) -> None:
     h, w = plane.shape
     visible = np.zeros((h, w), bool)
     idx = torch.from_numpy(plane)
-    for sel in _groups_in_order(h, w, levels):
+    for sel in groups_in_order(h, w, levels):
         want = ref.frequencies(ref.map_logits(plane, ~visible, k)[sel])
         full = net.tiled(idx, torch.from_numpy(~visible), k)[torch.from_numpy(sel)]
         fast = net.coding_logits(idx, torch.from_numpy(~visible), k, torch.from_numpy(sel), (0, h))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from vqcodec.codec import Encoded, LossReport
     from vqcodec.fileinfo import FileInfo, info
     from vqcodec.imageio import load_image, save_image
+    from vqcodec.layerfile import trim
     from vqcodec.zoo import Bundle, available, load_model
 
 __version__ = "0.2.0"
@@ -45,6 +46,7 @@ _LAZY = {
     "Bundle": "vqcodec.zoo",
     "available": "vqcodec.zoo",
     "load_model": "vqcodec.zoo",
+    "trim": "vqcodec.layerfile",
 }
 """Public name -> module, imported on first use (PEP 562): ``import vqcodec`` (and so every
 ``vqc`` command) does not pay for torch until something needs a network."""
@@ -85,4 +87,5 @@ __all__ = [
     "load_image",
     "load_model",
     "save_image",
+    "trim",
 ]

@@ -14,6 +14,7 @@ b'VQC'
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def encode(
     max_pixels: int = MAX_PIXELS,
     device: str = "auto",
     effort: int = 1,
+    layers: str | Sequence[int] | None = None,
 ) -> bytes:
     """Compress an image to the bytes of a .vqc file: the bytes ``vqc encode`` writes with the
     same options.
@@ -91,6 +93,12 @@ def encode(
             search the index map against the decoder (``vqcodec.effort``) for a better picture
             in at most the bytes effort 1 writes (or ``max_bytes``); files of any effort decode
             with every decoder. Needs the LPIPS-VGG loss network (``vqcodec[effort]``).
+        layers: instead of ``codebook``, a layered (progressive) file: "8,64,1024" or [8, 64, 1024],
+            a chain the model ships nested books for (or its first layers). The first bytes are a
+            K=8 picture, each later layer refines it; any prefix of whole layers decodes, and a
+            file cut anywhere decodes to its last complete layer (``trim`` cuts one to a budget).
+            With ``max_bytes``: the file stops after the last layer that fits. Not with
+            ``packets`` or ``effort`` above 1.
 
     Raises ``VqcUsageError`` (one line, as the CLI prints it) for bad options: parity without
     packets, a packet count out of 1..255, an unknown entropy coder, an unavailable K...
@@ -103,6 +111,9 @@ def encode(
     mode = options.coding_mode(entropy)
     n_packets, packet_bytes = options.packet_layout(packets, parity)
     effort = options.check_effort(effort)
+    if layers is not None:
+        return _encode_layers(image, options.check_layers(layers), model, mode, codebook, n_packets or packet_bytes,
+                              effort, max_bytes, max_pixels, device)  # fmt: skip
     if max_bytes is not None:
         if codebook is not None:
             raise VqcUsageError("give either codebook or max_bytes, not both: max_bytes chooses the codebook size")
@@ -117,6 +128,27 @@ def encode(
         options_ = codec.PackOptions(mode, n_packets, packet_bytes, parity)
         data, _ = codec.compress(pixels, bundle, k, max_bytes, options_, effort=effort)
     return data
+
+
+def _encode_layers(image: ImageLike, sizes: tuple[int, ...], model: ModelLike, mode, codebook: int | None,
+                   packetized: int, effort: int, max_bytes: int | None, max_pixels: int, device: str) -> bytes:  # fmt: skip
+    """``encode(..., layers=...)``: the option clashes first, then the layered file."""
+    from vqcodec import progressive
+
+    if codebook is not None:
+        raise VqcUsageError("give either codebook or layers, not both: layers names every codebook size of the file")
+    if packetized:
+        raise VqcUsageError("layered files are not packetized (yet): give layers or packets, not both")
+    if effort != 1:
+        raise VqcUsageError("effort above 1 searches single-layer index maps: use effort 1 with layers")
+    if max_bytes is not None:
+        max_bytes = codec.check_budget(max_bytes)
+    pixels = as_pixels(image, max_pixels)
+    check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    bundle = _bundle(model)
+    progressive.check(bundle, sizes, mode)  # a model without nested books for the chain: before any network
+    with devices.using(device):
+        return progressive.compress(pixels, bundle, sizes, mode, max_bytes)[0]
 
 
 def corrupt(

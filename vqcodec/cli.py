@@ -219,6 +219,14 @@ def encode(
         typer.Option("--parity", help="with --packets: R erasure-coded parity packets (any N of the N + R "
                      "packets rebuild the file exactly); 0..63"),
     ] = 0,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", metavar="K1,K2,..",
+                     help="a layered (progressive) file, e.g. 8,64,1024: the first bytes are a K1 picture and each "
+                     "later layer refines it; a file cut anywhere decodes to its last complete layer; with "
+                     "--max-bytes the file stops after the last layer that fits (vqc trim cuts one later); "
+                     "not with --codebook, --packets or --effort"),
+    ] = None,
     effort: Annotated[
         int,
         typer.Option("-e", "--effort", metavar="1..5",
@@ -237,12 +245,19 @@ def encode(
 
     Examples: vqc encode photo.png -o photo.vqc --codebook 64 ;
     vqc encode photos/ -o out/ --jobs 2 ; cat a.png | vqc encode - -o - > a.vqc ;
-    vqc encode photo.png --max-bytes 500 ; vqc encode photo.png -o photo.vqc --effort 5
+    vqc encode photo.png --max-bytes 500 ; vqc encode photo.png -o photo.vqc --effort 5 ;
+    vqc encode photo.png -o photo.vqc --layers 8,64,1024
     """
     from vqcodec import api, codec, fileinfo, imageio, zoo
     from vqcodec import device as devices
     from vqcodec.errors import VqcBudgetError
 
+    sizes = None if layers is None else options.check_layers(layers)
+    if sizes is not None:
+        if _given(ctx, "codebook"):
+            raise VqcUsageError("--layers names every codebook size of the file: give --layers or --codebook, not both")
+        if packets is not None or effort != 1:
+            raise VqcUsageError("--layers is not combined with --packets or --effort above 1")
     if max_bytes is not None:
         if _given(ctx, "codebook"):
             raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
@@ -255,7 +270,11 @@ def encode(
     # bad options are one usage error before any file, not one failure per file of a batch
     forced = options.coding_mode(entropy_coder)
     options.packet_layout(packets, parity)
-    if max_bytes is None:
+    if sizes is not None:
+        from vqcodec import progressive
+
+        progressive.check(bundle, sizes, forced)  # no nested books for the chain: one error, before any file
+    elif max_bytes is None:
         bundle.codebook(codebook)  # an unavailable K
     else:
         codec.budget_sizes(bundle, forced)  # forced context coding without a context model at any K
@@ -270,9 +289,9 @@ def encode(
             src = job.src if job.src is not None else io.BytesIO(sys.stdin.buffer.read())
             img = imageio.load_image(src, max_pixels)
             try:
-                data = api.encode(img.pixels, codebook if max_bytes is None else None, bundle, entropy=entropy_coder,
-                                  packets=packets, parity=parity, max_bytes=max_bytes, max_pixels=max_pixels,
-                                  device=dev, effort=effort)  # fmt: skip
+                data = api.encode(img.pixels, codebook if max_bytes is None and sizes is None else None, bundle,
+                                  entropy=entropy_coder, packets=packets, parity=parity, max_bytes=max_bytes,
+                                  max_pixels=max_pixels, device=dev, effort=effort, layers=sizes)  # fmt: skip
             except VqcBudgetError as e:  # name the image: in a batch only some may not fit
                 raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
             if job.dst is None:
@@ -287,8 +306,13 @@ def encode(
         h, w = img.pixels.shape[:2]
         note = f" (converted {img.source_mode} to RGB)" if img.converted else ""
         size = job.src.stat().st_size if job.src is not None else 0
-        k = fileinfo.info(data).header.codebook_size  # what --max-bytes chose
+        fi = fileinfo.info(data)
+        k = fi.header.codebook_size if fi.layers is None else fi.layers.codebook_size  # what --max-bytes chose
         within = f" (largest K within {max_bytes} bytes)" if max_bytes is not None else ""
+        if fi.layers is not None:
+            got = fi.layers.complete
+            within = f" ({got} of {len(sizes)} layers: {','.join(map(str, sizes[:got]))}"
+            within += f", within {max_bytes} bytes)" if max_bytes is not None else ")"
         searched = f", effort {effort}" if effort != 1 else ""
         msg = (f"{job.src or '<stdin>'} {w}x{h}{note} -> {job.dst or '<stdout>'}: {len(data)} bytes, "
                f"{len(data) * 8 / (w * h):.4f} bpp, K={k}{within}{searched}, model {bundle.name}")  # fmt: skip
@@ -362,7 +386,7 @@ def decode(
             return Result(job, False, _one_line(str(e)))
         w, h = decoded.image.size
         msg = f"{job.src or '<stdin>'} -> {job.dst or '<stdout>'}: {w}x{h}"
-        if decoded.report.packets:
+        if decoded.report.packets or decoded.report.layers:
             msg += f"; {decoded.report.summary()}"
         return Result(job, True, msg, len(data), 0, w * h)
 
@@ -544,6 +568,14 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
         ("bits per index", f"{fi.payload_bytes * 8 / max(n, 1):.3f} (uniform {entropy.raw_bits(h.codebook_size)})"),
         ("bpp", f"{fi.bpp:.5f}"),
     ]
+    if fi.layers is not None:
+        s = fi.layers
+        sizes = ",".join(map(str, s.sizes))
+        rows[3] = ("codebook size K", f"{s.codebook_size} (the deepest complete layer)")
+        rows.insert(4, ("layers", f"{s.complete} of {len(s.sizes)} complete (K = {sizes})"
+                               + (f"; {s.problem}" if s.problem else "")))  # fmt: skip
+        rows.insert(5, ("layer bytes", ", ".join(f"K={k}: {e}" for k, e in zip(s.sizes, s.ends, strict=False))
+                        + " (the file up to the end of each layer)"))  # fmt: skip
     if fi.packets is not None:
         p = fi.packets
         rows += [
@@ -558,6 +590,35 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
             rows.append(("parity", f"{p.parity} declared, {p.parity_arrived} present{rebuilt}{left}{bad}"))
     for k, v in rows:
         out.print(f"{k:16s} {v}", highlight=False)
+
+
+@app.command()
+def trim(
+    file: Annotated[Path, typer.Argument(help="a layered .vqc file (vqc encode --layers)")],
+    output: Annotated[str, typer.Option("-o", "--output", help="the trimmed file, or - for stdout")],
+    max_bytes: Annotated[int, typer.Option("--max-bytes", metavar="N", help="keep the whole layers that fit in N bytes")],
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """Drop whole layers of a layered file to fit a byte budget, without re-encoding: the bytes
+    the encoder writes for that budget. Fails (exit 1, no output) when even the base layer is larger.
+
+    Example: vqc trim photo.vqc --max-bytes 600 -o small.vqc
+    """
+    from vqcodec import fileinfo, imageio, layerfile
+
+    if max_bytes < 1:
+        raise VqcUsageError(f"--max-bytes takes a positive number of bytes, not {max_bytes}")
+    data = _read(file)
+    small = layerfile.trim(data, max_bytes)
+    if output == "-":
+        sys.stdout.buffer.write(small)
+        sys.stdout.buffer.flush()
+    else:
+        imageio.atomic_write_bytes(Path(output), small)
+    if not quiet:
+        s = fileinfo.info(small).layers
+        err.print(f"{file} -> {output}: {len(small)} bytes (from {len(data)}), {s.complete} of {len(s.sizes)} layers "
+                  f"(K={s.codebook_size})", highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -673,6 +734,14 @@ def train_recovery(ctx: typer.Context) -> None:
     transformer.main(list(ctx.args))
 
 
+@app.command("train-layers", context_settings=_PASSTHROUGH)
+def train_layers(ctx: typer.Context) -> None:
+    """Build a bundle's nested codebooks for layered files (options: vqc train-layers --help)."""
+    from vqcodec.train import layers
+
+    layers.main(list(ctx.args))
+
+
 @app.command("pack-data", context_settings=_PASSTHROUGH)
 def pack_data(ctx: typer.Context) -> None:
     """Pack training photos and loss weights into one folder for an accelerator (options: vqc pack-data --help)."""
@@ -748,7 +817,7 @@ def version_text() -> str:
     except VqcError:
         model = f"{zoo.DEFAULT_MODEL} (not installed)"
     formats = {container.VERSION: "single stream", container.PACKET_VERSION: "packets",
-               container.PARITY_VERSION: "packets with parity"}  # fmt: skip
+               container.PARITY_VERSION: "packets with parity", container.LAYER_VERSION: "layers"}  # fmt: skip
     versions = ", ".join(f"{v} ({what})" for v, what in sorted(formats.items()))
     return f"vqcodec {__version__}\ndefault model: {model}\n.vqc format versions read and written: {versions}"
 

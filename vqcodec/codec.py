@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vqcodec import container, entropy, interleave, recovery
+from vqcodec import container, entropy, interleave, layerfile, recovery
 from vqcodec import device as devices
 from vqcodec.container import CodingMode, Header
 from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
@@ -82,6 +82,9 @@ class Encoded:
     # latent vectors to decode at some positions instead of their codes: (mask (h, w), vectors (n, d)),
     # set by the ``masked`` recovery (expected code vectors of the lost indices), else None
     hole_latents: tuple[np.ndarray, np.ndarray] | None = None
+    # the book the indices point into when it is not the bundle's K-book: a coarse layer of a
+    # layered file (``vqcodec.layers``), else None
+    book: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class LossReport:
     parity_arrived: int = 0
     rebuilt: tuple[int, ...] = ()  # data packets rebuilt from parity
     parity_mismatch: bool = False
+    layers: tuple[int, ...] = ()  # a layered file: the K of every declared layer
+    layers_decoded: int = 0  # how many of them were complete and drawn
+    layer_problem: str = ""  # why the next layer was not drawn ("" when every layer was)
 
     @property
     def intact(self) -> bool:
@@ -115,6 +121,10 @@ class LossReport:
         return self.packets - len(self.lost_packets) - len(self.rebuilt)
 
     def summary(self) -> str:
+        if self.layers:
+            n, sizes = self.layers_decoded, self.layers
+            s = f"layer {n} of {len(sizes)} drawn (K={sizes[n - 1]}; layers {','.join(map(str, sizes))})"
+            return s + (f": {self.layer_problem}" if self.layer_problem else "")
         if not self.packets:
             return "not packetized"
         lost = len(self.lost_packets)
@@ -255,7 +265,7 @@ def fit(
 @torch.inference_mode()
 def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
     """Index map -> (H, W, 3) uint8 image cropped to the original size."""
-    book = bundle.codebook(enc.codebook_size)
+    book = bundle.codebook(enc.codebook_size) if enc.book is None else enc.book
     idx = torch.from_numpy(enc.indices)[None]
     z = bundle.model.quantize.dequantize(idx, book)
     if enc.hole_latents is not None:
@@ -720,6 +730,20 @@ def _recovery_choice(bundle: Bundle, method: str, needed: bool):
     return method, net, method
 
 
+def unpack_any(data: bytes, model: Bundle | str | None = None, max_pixels: int = MAX_PIXELS,
+               method: str = recovery.DEFAULT) -> tuple[Encoded, Bundle, LossReport]:  # fmt: skip
+    """Any .vqc file -> (the index map a decode draws, bundle, report): single-stream, packetized
+    (holes filled with ``method``) or layered (the deepest complete layer)."""
+    if container.is_packetized(bytes(data[:4])):
+        return unpack_packets(data, model, max_pixels, method)
+    if layerfile.is_layered(bytes(data[:4])):
+        from vqcodec import progressive
+
+        return progressive.unpack(data, model, max_pixels)
+    enc, bundle = unpack(data, model, max_pixels)
+    return enc, bundle, LossReport()
+
+
 def decode_with_report(
     data: bytes,
     model: Bundle | str | None = None,
@@ -731,11 +755,8 @@ def decode_with_report(
     if method != "auto" and method not in recovery.METHODS:
         raise VqcUsageError(f"unknown recovery method {method!r}; choose one of auto, {', '.join(recovery.METHODS)}")
     with _maybe_using(device):
-        if container.is_packetized(bytes(data[:4])):
-            enc, bundle, report = unpack_packets(data, model, max_pixels, method)
-            return synthesize(enc, bundle), report
-        enc, bundle = unpack(data, model, max_pixels)
-        return synthesize(enc, bundle), LossReport()
+        enc, bundle, report = unpack_any(data, model, max_pixels, method)
+        return synthesize(enc, bundle), report
 
 
 def decode(

@@ -38,6 +38,8 @@ MAX_SIDE = 65535
 MAX_K = 65536
 MAX_M = 16
 CRC_BYTES = 4
+LAYER_VERSION = 4
+"""Layered (progressive) files: the layout is ``vqcodec.layerfile``'s."""
 
 
 class CodingMode(IntEnum):
@@ -132,12 +134,24 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if len(data) <= len(MAGIC):
         raise VqcFormatError(f"truncated file: {len(data)} bytes, not even a header")
     header = read_header(data)
+    if header.version == LAYER_VERSION:
+        raise VqcFormatError("layered file (format version 4): read it with layerfile.scan_layers")
     if len(data) < CRC_BYTES:
         raise VqcFormatError("truncated file: no checksum")
     body, crc = data[:-CRC_BYTES], struct.unpack("<I", data[-CRC_BYTES:])[0]
     if zlib.crc32(body) != crc:
         raise VqcFormatError("checksum mismatch: the file is corrupted or truncated")
     return header, body[header_size(header) :]
+
+
+def mode_of(flags: int) -> CodingMode:
+    """The coding mode in a header's flag byte (bits 0-2; bits 3-7 reserved, 0)."""
+    if flags & ~0x07:
+        raise VqcFormatError(f"reserved flag bits set (0x{flags:02x})")
+    try:
+        return CodingMode(flags & 0x07)
+    except ValueError:
+        raise VqcFormatError(f"unknown coding mode {flags & 0x07}") from None
 
 
 def read_header(data: bytes) -> Header:
@@ -148,14 +162,13 @@ def read_header(data: bytes) -> Header:
     version, model_id, flags = struct.unpack("<BIB", r.read_exact(6, "header"))
     if version == PACKET_VERSION:
         raise VqcFormatError("packetized file (format version 2): read it with scan_packets")
+    if version == LAYER_VERSION:  # the header only: the layers are read by layerfile.scan_layers
+        from vqcodec import layerfile
+
+        return layerfile.read_header(data)[0]
     if version != VERSION:
         raise VqcFormatError(f"unsupported format version {version} (this reader knows {VERSION})")
-    if flags & ~0x07:
-        raise VqcFormatError(f"reserved flag bits set (0x{flags:02x})")
-    try:
-        mode = CodingMode(flags & 0x07)
-    except ValueError:
-        raise VqcFormatError(f"unknown coding mode {flags & 0x07}") from None
+    mode = mode_of(flags)
     k = r.varint("codebook size")
     m = r.read_exact(1, "m")[0]
     w = r.varint("width")

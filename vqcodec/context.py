@@ -103,17 +103,15 @@ def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray,
     """(n, K) coding probabilities of the positions ``sel``, from fixed-point integer frequencies,
     in raster order, a few thousand positions at a time: the logits of a big map (a 50 MP photo
     at K = 1024: 800 MB) never exist all at once. One band for any map of up to 256 tiles."""
+    if isinstance(net, IntTransformer):  # exact: any thread count, any device
+        for f in group_frequencies(net, idx, visible, sel, k):
+            f = f.astype(np.float64)
+            yield f / f.sum(axis=1, keepdims=True)
+        return
     h, w = idx.shape
     for r0, r1 in net.bands(h, w):
         rows = torch.from_numpy(sel[r0:r1])
         if not bool(rows.any()):
-            continue
-        if isinstance(net, IntTransformer):  # exact: any thread count, any device
-            with torch.inference_mode():
-                freq = net.frequencies(net.coding_logits(idx, ~visible, k, torch.from_numpy(sel), (r0, r1))).cpu()
-            for part in freq.split(CHUNK):
-                f = part.numpy().astype(np.float64)
-                yield f / f.sum(axis=1, keepdims=True)
             continue
         with deterministic_threads(1), torch.inference_mode():
             logits = net.tiled(idx, ~visible, k, rows=(r0, r1))[rows]
@@ -122,7 +120,22 @@ def _group_probs(net, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray,
             yield freq / freq.sum(axis=1, keepdims=True)
 
 
-def _groups_in_order(h: int, w: int, levels: int):
+def group_frequencies(net: IntTransformer, idx: torch.Tensor, visible: torch.Tensor, sel: np.ndarray,
+                      k: int) -> Iterator[np.ndarray]:  # fmt: skip
+    """(n, K) int64 frequencies (each >= 1) of the positions ``sel`` from an integer-exact model, in
+    raster order and chunks of at most ``CHUNK`` positions: the same integers on every computer."""
+    h, w = idx.shape
+    for r0, r1 in net.bands(h, w):
+        if not bool(sel[r0:r1].any()):
+            continue
+        with torch.inference_mode():
+            freq = net.frequencies(net.coding_logits(idx, ~visible, k, torch.from_numpy(sel), (r0, r1))).cpu()
+        for part in freq.split(CHUNK):
+            yield part.numpy().astype(np.int64)
+
+
+def groups_in_order(h: int, w: int, levels: int) -> Iterator[np.ndarray]:
+    """The (h, w) boolean selection of each lattice group, in coding order (empty ones skipped)."""
     g = groups(h, w, levels)
     for grp in range(3 * levels + 1):
         sel = g == grp
@@ -141,7 +154,7 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int =
     for j in range(m):
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
-        for sel in _groups_in_order(h, w, levels):
+        for sel in groups_in_order(h, w, levels):
             vals = indices[j][sel].astype(np.int32)
             done = 0
             for probs in _group_probs(net, plane, visible, sel, k):
@@ -166,7 +179,7 @@ def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int
         for j in range(m):
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for sel in _groups_in_order(h, w, levels):
+            for sel in groups_in_order(h, w, levels):
                 vals = np.concatenate([np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
                                        for probs in _group_probs(net, plane, visible, sel, k)])  # fmt: skip
                 out[j][sel] = vals

@@ -96,7 +96,7 @@ def context_rate(net, k: int, levels: int) -> RateTable:
         plane = torch.from_numpy(idx.astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
         out = np.zeros((h, w, k), dtype=np.float32)
-        for sel in context._groups_in_order(h, w, levels):
+        for sel in context.groups_in_order(h, w, levels):
             probs = np.concatenate(list(context._group_probs(net, plane, visible, sel, k)))
             out[sel] = -np.log2(probs)
             visible |= torch.from_numpy(sel)

@@ -36,12 +36,13 @@ class VqcBudgetError(VqcError):
     image may fit the same budget). ``budget`` and ``smallest`` (the smallest file any K
     gives) let a caller retry with a budget that works."""
 
-    def __init__(self, budget: int, smallest: int) -> None:
+    def __init__(self, budget: int, smallest: int, what: str = "") -> None:
         super().__init__(
-            f"no codebook size fits in {budget} bytes: the smallest file this image gives is {smallest} bytes"
+            what or f"no codebook size fits in {budget} bytes: the smallest file this image gives is {smallest} bytes"
         )
         self.budget = budget
         self.smallest = smallest
+        self.what = what
 
-    def __reduce__(self):  # pickles (process pools) with its two numbers, not the message
-        return type(self), (self.budget, self.smallest)
+    def __reduce__(self):  # pickles (process pools) with its numbers, not the message
+        return type(self), (self.budget, self.smallest, self.what)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vqcodec import container
+from vqcodec import container, layerfile
 from vqcodec.container import Header
 
 
@@ -20,6 +20,7 @@ class FileInfo:
     file_bytes: int
     payload_bytes: int
     packets: container.PacketScan | None = None
+    layers: layerfile.LayerScan | None = None
 
     @property
     def bpp(self) -> float:
@@ -36,9 +37,12 @@ def _latent_hw(width: int, height: int, stride: int) -> tuple[int, int]:
 
 
 def info(data: bytes) -> FileInfo:
-    """Header and sizes of a .vqc file (the checksum is verified; packets are counted)."""
+    """Header and sizes of a .vqc file (the checksum is verified; packets and layers are counted)."""
     if container.is_packetized(bytes(data[:4])):
         scan = container.scan_packets(data)
         return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads.values()), scan)
+    if layerfile.is_layered(bytes(data[:4])):
+        scan = layerfile.scan_layers(data)
+        return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads), layers=scan)
     header, payload = container.unpack(data)
     return FileInfo(header, len(data), len(payload))

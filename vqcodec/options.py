@@ -80,6 +80,24 @@ def packet_layout(packets: int | str | None, parity: int = 0) -> tuple[int, int]
     return n_packets, packet_bytes
 
 
+def check_layers(sizes: object) -> tuple[int, ...]:
+    """``layers=`` / ``--layers``: "8,64,1024" or a sequence of ints -> the chain of codebook sizes
+    of a layered file (2 .. 8 increasing sizes), checked before any work."""
+    bad = VqcUsageError(f"--layers takes 2 to 8 increasing codebook sizes such as 8,64,1024, not {sizes!r}")
+    if isinstance(sizes, str):
+        try:
+            sizes = [int(s) for s in sizes.replace(" ", "").split(",")]
+        except ValueError:
+            raise bad from None
+    try:
+        out = tuple(operator.index(s) for s in sizes)  # type: ignore[union-attr]
+    except TypeError:
+        raise bad from None
+    if not 2 <= len(out) <= 8 or list(out) != sorted(set(out)) or out[0] < 2 or out[-1] > container.MAX_K:
+        raise bad
+    return out
+
+
 MAX_EFFORT = 5
 """Encoder effort levels are 1 .. MAX_EFFORT (``vqcodec.effort``)."""
 

@@ -57,6 +57,8 @@ INT8 = "recovery-int8.safetensors"
 the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
 computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
 whenever those are (``save_recovery``), listed in the manifest's ``files``; not in the model id."""
+LAYERS = "layers.safetensors"
+"""The nested codebooks of layered files (``vqcodec.layers``); not in the model id."""
 BUNDLE_FORMAT = 1
 
 
@@ -159,6 +161,42 @@ class Bundle:
 
             self._transformers[key] = self._integer_net("masked", INT8, Int8Transformer)
         return self._transformers.get(key)
+
+    def layer_sets(self) -> list[tuple[int, ...]]:
+        """The chains of codebook sizes the bundle ships nested books for (``layer_set``)."""
+        if LAYERS not in self.manifest.get("files", {}):
+            return []
+        return [tuple(int(k) for k in name.split(",")) for name in self.manifest.get("layers", {})]
+
+    def layer_set(self, sizes: tuple[int, ...]):
+        """The shipped ``layers.LayerSet`` whose chain is ``sizes`` or starts with it (a file of
+        fewer layers holds the first layers of the shipped chain, chosen as for the whole chain).
+        A usage error names the chains shipped; a damaged file is a ``VqcModelError``."""
+        from vqcodec.layers import LayerSet
+
+        sizes = tuple(sizes)
+        full = next((c for c in self.layer_sets() if c[: len(sizes)] == sizes), None)
+        if full is None:
+            offered = "; ".join(",".join(map(str, c)) for c in self.layer_sets()) or "none"
+            raise VqcUsageError(f"model {self.name!r} has no nested codebooks for layers {','.join(map(str, sizes))} "
+                                f"(it ships: {offered})")  # fmt: skip
+        key = "layers:" + ",".join(map(str, full))
+        if key not in self._transformers:
+            from safetensors.torch import load_file
+
+            name = "-".join(map(str, full))
+            try:
+                t = load_file(_verified(self.path, self.manifest, LAYERS))
+                books = tuple(t[f"{name}.book.{k}"].float() for k in full[:-1]) + (self.codebook(full[-1]),)
+                parents = tuple(t[f"{name}.parent.{k}"].numpy().astype(np.int64) for k in full[1:])
+                weights = tuple(float(w) for w in self.manifest["layers"][",".join(map(str, full))]["weights"])
+                tag = int(self.manifest["files"][LAYERS][:4], 16)
+                self._transformers[key] = LayerSet(full, parents, books, weights, tag)
+            except VqcModelError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
+                raise VqcModelError(f"{self.path}: cannot load {LAYERS} ({_first_line(e)})") from None
+        return self._transformers[key]
 
     @property
     def exact_tag(self) -> int:

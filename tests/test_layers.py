@@ -1,0 +1,244 @@
+"""Layered (progressive) files: nested maps, every cut point, trim, clear errors, the CLI."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from vqcodec import codec, layerfile, layers, options, progressive
+from vqcodec.container import CodingMode
+from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.zoo import load_model
+
+from .conftest import make_image
+from .test_cli import run
+
+CHAIN = (8, 64, 1024)
+
+
+@pytest.fixture(scope="module")
+def gan2():
+    return load_model("vqc-gan2")
+
+
+@pytest.fixture(scope="module")
+def small_file(gan2):
+    """A layered file of a 48x64 image (3 x 4 positions) and its maps: small enough to cut everywhere."""
+    data, encs = progressive.compress(make_image(48, 64, seed=4), gan2, CHAIN)
+    return data, encs
+
+
+def test_the_default_model_ships_the_chain(gan2):
+    assert CHAIN in gan2.layer_sets()
+    ls = gan2.layer_set(CHAIN)
+    assert ls.sizes == CHAIN and len(ls.weights) == 3
+    assert ls.books[-1] is gan2.codebook(1024)  # the top layer is the single-layer book
+    for i, kids in enumerate(ls.children):  # a tree: every fine code under exactly one parent
+        assert sorted(np.concatenate(kids).tolist()) == list(range(CHAIN[i + 1]))
+
+
+def test_maps_are_nested_and_the_file_round_trips(gan2):
+    img = make_image(96, 128, seed=1)
+    data, encs = progressive.compress(img, gan2, CHAIN)
+    ls = gan2.layer_set(CHAIN)
+    for i in range(2):
+        assert np.array_equal(ls.parents[i][encs[i + 1].indices], encs[i].indices)
+    enc, _, report = codec.unpack_any(data)
+    assert np.array_equal(enc.indices, encs[-1].indices) and enc.codebook_size == 1024
+    assert report.layers == CHAIN and report.layers_decoded == 3 and report.layer_problem == ""
+    assert report.summary() == "layer 3 of 3 drawn (K=1024; layers 8,64,1024)"
+    fi = vqcodec.info(data)
+    assert fi.layers.complete == 3 and fi.header.version == layerfile.LAYER_VERSION
+    assert fi.header.mode == codec.best_mode(gan2, 64)
+    out = vqcodec.decode_report(data)
+    assert out.image.size == (128, 96) and out.report.layers_decoded == 3
+
+
+def test_each_prefix_decodes_its_own_layer(gan2):
+    img = make_image(64, 96, seed=2)
+    data, encs = progressive.compress(img, gan2, CHAIN)
+    ends = layerfile.scan_layers(data).ends
+    for n, end in enumerate(ends, 1):
+        enc, _, report = codec.unpack_any(data[:end])
+        assert report.layers_decoded == n and enc.codebook_size == CHAIN[n - 1]
+        assert np.array_equal(enc.indices, encs[n - 1].indices)
+        assert enc.book is gan2.layer_set(CHAIN).books[n - 1]
+        assert codec.synthesize(enc, gan2).shape == img.shape
+
+
+def test_every_cut_point_decodes_the_last_complete_layer_or_says_why(small_file):
+    data, encs = small_file
+    ends = layerfile.scan_layers(data).ends
+    for cut in range(len(data) + 1):
+        try:
+            enc, _, report = codec.unpack_any(data[:cut])
+        except VqcFormatError as e:
+            assert cut < ends[0], f"cut at {cut} of {len(data)} refused: {e}"
+            assert "\n" not in str(e)
+            continue
+        complete = sum(e <= cut for e in ends)
+        assert report.layers_decoded == complete, cut
+        assert np.array_equal(enc.indices, encs[complete - 1].indices)
+        assert (report.layer_problem == "") == (cut == len(data))
+
+
+def test_base_layer_errors_name_the_problem(small_file):
+    data, _ = small_file
+    ends = layerfile.scan_layers(data).ends
+    with pytest.raises(VqcFormatError, match="base layer is incomplete"):
+        codec.unpack_any(data[: ends[0] - 1])
+    with pytest.raises(VqcFormatError, match="truncated file"):
+        codec.unpack_any(data[:12])  # inside the header
+    bad = bytearray(data)
+    bad[ends[0] - 6] ^= 0x40  # a payload byte of the base layer
+    with pytest.raises(VqcFormatError, match="base layer failed its checksum"):
+        codec.unpack_any(bytes(bad))
+
+
+def test_a_damaged_refinement_falls_back_to_the_layer_below(small_file):
+    data, encs = small_file
+    ends = layerfile.scan_layers(data).ends
+    bad = bytearray(data)
+    bad[ends[1] - 5] ^= 0x01  # the last payload byte of layer 2
+    enc, _, report = codec.unpack_any(bytes(bad))
+    assert report.layers_decoded == 1 and "layer 2 failed its checksum" in report.layer_problem
+    assert np.array_equal(enc.indices, encs[0].indices)
+
+
+def test_bytes_after_the_last_layer_are_an_error(small_file):
+    with pytest.raises(VqcFormatError, match="bytes after the last layer"):
+        codec.unpack_any(small_file[0] + b"\x00")
+
+
+def test_trim_is_the_prefix_the_encoder_writes(gan2):
+    img = make_image(64, 96, seed=3)
+    data, _ = progressive.compress(img, gan2, CHAIN)
+    ends = layerfile.scan_layers(data).ends
+    for budget in (ends[0], ends[1] - 1, ends[1], len(data) - 1, len(data), len(data) + 100):
+        trimmed = vqcodec.trim(data, budget)
+        assert trimmed == vqcodec.encode(img, model=gan2, layers=CHAIN, max_bytes=budget)
+        assert len(trimmed) <= budget and trimmed == data[: len(trimmed)]
+    with pytest.raises(VqcBudgetError, match="base layer alone needs"):
+        vqcodec.trim(data, ends[0] - 1)
+    with pytest.raises(VqcBudgetError):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, max_bytes=ends[0] - 1)
+    with pytest.raises(VqcFormatError, match="not a layered file"):
+        vqcodec.trim(vqcodec.encode(img, 64, gan2), 10_000)
+
+
+def test_fewer_layers_use_the_shipped_chain(gan2):
+    img = make_image(48, 80, seed=5)
+    two = vqcodec.encode(img, model=gan2, layers="8,64")
+    three, _ = progressive.compress(img, gan2, CHAIN)
+    scan2, scan3 = layerfile.scan_layers(two), layerfile.scan_layers(three)
+    assert scan2.sizes == (8, 64) and scan2.payloads == scan3.payloads[:2]
+    assert codec.unpack_any(two)[2].summary() == "layer 2 of 2 drawn (K=64; layers 8,64)"
+
+
+def test_static_layers_round_trip(gan2):
+    img = make_image(64, 64, seed=6)
+    data = vqcodec.encode(img, model=gan2, layers=CHAIN, entropy="static")
+    assert vqcodec.info(data).header.mode == CodingMode.STATIC
+    enc, _, report = codec.unpack_any(data)
+    assert report.layers_decoded == 3
+    ctx, encs = progressive.compress(img, gan2, CHAIN)
+    assert np.array_equal(enc.indices, encs[-1].indices)
+
+
+def test_refinement_costs_less_than_the_map_alone(gan2):
+    """Coded given its parent, a refinement costs less than the same map as a single-layer file."""
+    img = make_image(96, 128, seed=7)
+    data, encs = progressive.compress(img, gan2, CHAIN)
+    scan = layerfile.scan_layers(data)
+    for i in (1, 2):
+        alone = codec._code(encs[i].indices, gan2, CHAIN[i], CodingMode.INT8)
+        assert len(scan.payloads[i]) < len(alone)
+
+
+@pytest.mark.parametrize("bad", ["8", "64,8", "8,8,64", "a,b", "1,8", [8], (8, 64.0), "8,64,128,256,512,1024,2048,4096,8192"])
+def test_bad_layer_chains_are_usage_errors(bad):
+    with pytest.raises(VqcUsageError, match="--layers takes"):
+        options.check_layers(bad)
+
+
+def test_option_clashes_are_usage_errors(gan2, tiny):
+    img = make_image(32, 32)
+    with pytest.raises(VqcUsageError, match="codebook or layers"):
+        vqcodec.encode(img, 64, gan2, layers=CHAIN)
+    with pytest.raises(VqcUsageError, match="not packetized"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, packets=4)
+    with pytest.raises(VqcUsageError, match="effort"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, effort=2)
+    with pytest.raises(VqcUsageError, match="int8, exact or static"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, entropy="raw")
+    with pytest.raises(VqcUsageError, match="no nested codebooks for layers 8,16"):
+        vqcodec.encode(img, model=gan2, layers="8,16")
+    with pytest.raises(VqcUsageError, match="it ships: none"):
+        vqcodec.encode(img, model=tiny, layers="8,16")
+
+
+def test_a_file_for_other_nested_books_is_refused(small_file, gan2):
+    data = bytearray(small_file[0])
+    header_end = layerfile.scan_layers(bytes(data)).ends[0] - 4 - len(layerfile.scan_layers(bytes(data)).payloads[0])
+    header_end -= 1  # the base layer's one-byte length varint
+    struct.pack_into("<H", data, header_end - 2, gan2.layer_set(CHAIN).tag ^ 0xFFFF)
+    end = layerfile.scan_layers(bytes(small_file[0])).ends[0]
+    data[end - 4 : end] = struct.pack("<I", zlib.crc32(bytes(data[: end - 4])))
+    with pytest.raises(VqcModelError, match="other nested books"):
+        codec.unpack_any(bytes(data[:end]))
+
+
+def test_layer_set_checks_its_tables():
+    book = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="parent table"):
+        layers.LayerSet((4, 8), (np.full(8, 4),), (torch.randn(4, 4), book), (1.0, 1.0))
+    with pytest.raises(ValueError, match="increasing"):
+        layers.LayerSet((8, 4), (np.zeros(4, int),), (book, torch.randn(4, 4)), (1.0, 1.0))
+
+
+def test_pillow_opens_a_layered_file(small_file, tmp_path):
+    from PIL import Image
+
+    import vqcodec.pillow  # noqa: F401  (registers the plugin)
+
+    path = tmp_path / "l.vqc"
+    path.write_bytes(small_file[0])
+    with Image.open(path) as im:
+        assert im.size == (64, 48)
+        im.load()
+
+
+def test_cli_encode_info_decode_trim(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray(make_image(64, 96, seed=8)).save(src)
+    vqc = tmp_path / "l.vqc"
+    code, _, err = run(capsys, "encode", src, "-o", vqc, "--layers", "8,64,1024")
+    assert code == 0, err
+    assert "3 of 3 layers: 8,64,1024" in err
+    code, out, _ = run(capsys, "info", vqc)
+    assert code == 0 and "3 of 3 complete (K = 8,64,1024)" in out
+    data = vqc.read_bytes()
+    ends = layerfile.scan_layers(data).ends
+    small = tmp_path / "s.vqc"
+    code, _, err = run(capsys, "trim", vqc, "--max-bytes", ends[1], "-o", small)
+    assert code == 0 and "2 of 3 layers" in err
+    assert small.read_bytes() == data[: ends[1]]
+    png = tmp_path / "out.png"
+    code, _, err = run(capsys, "decode", small, "-o", png)
+    assert code == 0 and "layer 2 of 3 drawn (K=64" in err
+    code, out, _ = run(capsys, "info", small)
+    assert "2 of 3 complete" in out and "the file ends after layer 2" in out
+    none = tmp_path / "none.vqc"
+    code, _, err = run(capsys, "trim", vqc, "--max-bytes", ends[0] - 1, "-o", none)
+    assert code == 1 and "base layer alone needs" in err and not none.exists()
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "x.vqc", "--layers", "8,64", "--codebook", "64")
+    assert code == 2 and "--layers" in err
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "x.vqc", "--layers", "64,8")
+    assert code == 2 and "--layers takes" in err
