@@ -13,10 +13,12 @@ writes to ``crash-*``/``timeout-*``/``oom-*``: copy it into ``tests/regressions/
 suite replays it forever.
 
 Mutated bytes rarely get past a checksum, so the first input byte picks a mode:
-- 0 (mod 3): the bytes as they are (magic, versions, truncation, checksums themselves);
+- 0 (mod 4): the bytes as they are (magic, versions, truncation, checksums themselves);
 - 1: a v1 file whose CRC-32 is recomputed, so header fields and payloads are exercised;
 - 2: a v2 (packetized) file rebuilt from the bytes: fuzzed header fields and packet payloads,
-  packet checksums made valid, then packets dropped, duplicated or reordered.
+  packet checksums made valid, then packets dropped, duplicated or reordered;
+- 3: a v4 (layered) file whose every layer CRC-32 is recomputed: fuzzed header fields, layer
+  lengths and payloads (refinements included), then cut at a fuzzed point.
 
 The model is the tests' tiny seeded bundle with a tiny context/recovery transformer, so context
 decoding and masked recovery are fuzzed too; decoding runs under a 256x256 pixel budget so
@@ -35,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAX_PIXELS = 256 * 256
+LAYERS = (8, 16, 64)
+"""The harness bundle's nested chain (layered seeds)."""
 
 
 def build_model(folder: Path):
@@ -50,6 +54,12 @@ def build_model(folder: Path):
     for kind, causal in (("masked", False), ("ar", True)):
         cfg = TransformerConfig(sizes=(8, 16, 32, 64), dim=32, depth=1, heads=4, causal=causal)
         zoo.save_recovery(folder, IndexTransformer(cfg).eval(), {"steps": 0}, kind=kind)
+    from vqcodec.train import layers
+
+    bundle = zoo.load_model(folder)
+    latents = torch.randn(4096, bundle.model.config.embed_dim, generator=torch.Generator().manual_seed(0))
+    ls, _ = layers.fit(bundle, latents, LAYERS, (1.0, 1.0, 2.0), iters=2)
+    layers.save(folder, ls, {"photos": 0})
     return zoo.load_model(folder)
 
 
@@ -57,13 +67,13 @@ def seed_corpus(bundle, folder: Path) -> None:
     """Real encodes in each of the harness's three modes (first byte): every coding mode and
     several K as v1 files, packetized v2 files (some damaged), and v2 field/payload seeds."""
     from tests.conftest import make_image
-    from vqcodec import channel, codec, container
+    from vqcodec import channel, codec, container, layerfile, progressive
     from vqcodec.container import CodingMode
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, (h, w, k) in enumerate([(32, 48, 8), (48, 64, 16), (64, 96, 32), (80, 80, 64)]):
         enc = codec.analyze(make_image(h, w, seed=i), bundle, k)
-        for mode in CodingMode:
+        for mode in (m for m in CodingMode if m != CodingMode.INT8 or bundle.has_int8()):
             data = codec.pack(enc, bundle, mode)
             (folder / f"raw-v1-k{k}-{mode.name.lower()}").write_bytes(b"\x00" + data)
             (folder / f"crc-v1-k{k}-{mode.name.lower()}").write_bytes(b"\x01" + data)
@@ -76,6 +86,14 @@ def seed_corpus(bundle, folder: Path) -> None:
             payloads = b"".join(data[a + container.PACKET_HEAD.size : b - 2] for a, b in spans)
             fields = struct.pack("<IHHHBB", bundle.model_id, k, w, h, 0, packets)
             (folder / f"built-v2-k{k}-p{packets}").write_bytes(b"\x02" + fields + payloads)
+        for mode in (CodingMode.STATIC, CodingMode.EXACT):  # layered files, whole and cut, and their fields
+            data, _ = progressive.compress(make_image(h, w, seed=i), bundle, LAYERS, mode)
+            (folder / f"raw-v4-{i}-{mode.name.lower()}").write_bytes(b"\x00" + data)
+            (folder / f"raw-v4-{i}-{mode.name.lower()}-cut").write_bytes(b"\x00" + data[: len(data) * 2 // 3])
+            scan = layerfile.scan_layers(data)
+            fields = struct.pack("<IHHBB", bundle.model_id, w, h, (0, 3, 4).index(int(mode)), 0)  # whole
+            (folder / f"built-v4-{i}-{mode.name.lower()}").write_bytes(
+                b"\x03" + fields + b"".join(struct.pack("<H", len(p)) + p for p in scan.payloads))
 
 
 def _with_crc32(body: bytes) -> bytes:
@@ -105,18 +123,47 @@ def _v2_from(data: bytes) -> bytes:
     return blob
 
 
+def _v4_from(data: bytes, tag: int) -> bytes:
+    """A layered file built from fuzz bytes: header fields, then (u16 length, payload) layers, each
+    framed with a valid CRC-32, then cut where the fields say (0: not cut); ``tag`` the harness
+    bundle's layer-set tag, so that decoding gets past it."""
+    from vqcodec import layerfile
+    from vqcodec.container import CodingMode, Header
+
+    if len(data) < 10:
+        return data
+    model_id, w, h, mode, cut = struct.unpack("<IHHBB", data[:10])
+    header = Header(model_id, LAYERS[-1], 1, max(1, w % 256), max(1, h % 256), CodingMode((0, 3, 4)[mode % 3]))
+    rest, payloads = data[10:], []
+    while len(rest) >= 2 and len(payloads) < len(LAYERS):
+        n = struct.unpack("<H", rest[:2])[0] % 4096
+        payloads.append(rest[2 : 2 + n])
+        rest = rest[2 + n :]
+    if not payloads:
+        return data
+    try:
+        blob = layerfile.pack_layers(header, LAYERS, tag, payloads)
+    except Exception:  # noqa: BLE001 - fields the writer refuses: keep the raw bytes
+        return data
+    return blob[: len(blob) * cut // 256] if cut else blob
+
+
 def make_target(bundle):
     from vqcodec import codec
     from vqcodec.errors import VqcError
 
+    tag = bundle.layer_set(LAYERS).tag
+
     def test_one_input(data: bytes) -> None:
         if not data:
             return
-        mode, body = data[0] % 3, data[1:]
+        mode, body = data[0] % 4, data[1:]
         if mode == 1:
             body = _with_crc32(body[:-4] if len(body) > 4 else body)
         elif mode == 2:
             body = _v2_from(body)
+        elif mode == 3:
+            body = _v4_from(body, tag)
         for call in (lambda: codec.info(body), lambda: codec.decode_with_report(body, bundle, MAX_PIXELS)):
             try:
                 out = call()
@@ -154,5 +201,8 @@ if __name__ == "__main__":
         import vqcodec.container  # noqa: F401
         import vqcodec.context  # noqa: F401
         import vqcodec.entropy  # noqa: F401
+        import vqcodec.layerfile  # noqa: F401
+        import vqcodec.layers  # noqa: F401
+        import vqcodec.progressive  # noqa: F401
         import vqcodec.recovery  # noqa: F401
     main()

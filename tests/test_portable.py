@@ -5,7 +5,8 @@ The golden files in ``tests/expected/portable/`` were made once with the shipped
 (``GENERATE_EXPECTED=1 python -m pytest tests/test_portable.py`` remakes them, from Kodak crops in
 ``../shared``; ``GENERATE_EXPECTED=thumbs`` re-renders only their decoded thumbnails,
 ``GENERATE_EXPECTED=lossy`` only the lossy files' recovered maps, ``GENERATE_EXPECTED=int8`` adds
-the int8-mode files of 0.2.0 beside the older ones, which stay as they were made); every run,
+the int8-mode files of 0.2.0 beside the older ones, which stay as they were made,
+``GENERATE_EXPECTED=layers`` the layered files of format version 4 likewise); every run,
 on whatever CPU CI lands on, decodes them and must find the same index maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
 bf16) and its rounding may differ between machines; only the index map is promised bit for bit.
 """
@@ -145,6 +146,26 @@ def _add_int8() -> None:
     (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
 
 
+LAYERED = {"kodim01": CodingMode.INT8, "kodim23": CodingMode.INT8, "kodim05": CodingMode.STATIC}
+"""Photos of the layered golden files (chain 8, 64, 1024) and their coding mode."""
+
+
+def _add_layers() -> None:
+    """Add the layered golden files (``GENERATE_EXPECTED=layers``): whole files of the chain
+    8, 64, 1024; the map recorded is the top layer's (every layer below is its parents')."""
+    from vqcodec import progressive
+
+    bundle = zoo.load_model(None)
+    meta = json.loads((GOLDEN / "expected.json").read_text())
+    for photo, mode in LAYERED.items():
+        name = f"{photo}-layers-{mode.name.lower()}.vqc"
+        data, _ = progressive.compress(_crop(photo), bundle, (8, 64, 1024), mode)
+        (GOLDEN / name).write_bytes(data)
+        meta["files"][name] = {"map": _record(name, _decode_map(data), bundle), "k": 1024, "mode": mode.name.lower(),
+                               "lossy": False, "layers": [8, 64, 1024]}  # fmt: skip
+    (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
+
+
 if os.environ.get("GENERATE_EXPECTED") == "1":
     _generate()
 elif os.environ.get("GENERATE_EXPECTED") == "int8":
@@ -153,6 +174,8 @@ elif os.environ.get("GENERATE_EXPECTED") == "thumbs":
     _rethumb()
 elif os.environ.get("GENERATE_EXPECTED") == "lossy":
     _remap_lossy()
+elif os.environ.get("GENERATE_EXPECTED") == "layers":
+    _add_layers()
 
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())["files"]
 EXACT_FILES = sorted(n for n, e in EXPECTED.items() if e["mode"] != "context")
@@ -247,7 +270,8 @@ def test_golden_files_decode_alike_in_a_fresh_process(env):
     files = [
         n
         for n in EXACT_FILES
-        if n.startswith(("kodim01", "kodim23")) and (EXPECTED[n]["k"] == 64 or EXPECTED[n]["lossy"])
+        if n.startswith(("kodim01", "kodim23"))
+        and (EXPECTED[n]["k"] == 64 or EXPECTED[n]["lossy"] or "layers" in EXPECTED[n])
     ]
     got = _run(ENVS[env], "worker", [str(GOLDEN / n) for n in files])
     assert {n: got[str(GOLDEN / n)] for n in files} == {n: EXPECTED[n]["map"] for n in files}
@@ -368,7 +392,7 @@ def _int8_tensors(bundle):
     return load_file(bundle.path / zoo.INT8)
 
 
-@pytest.mark.parametrize("name", ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc"])
+@pytest.mark.parametrize("name", ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc", "kodim23-layers-int8.vqc"])
 def test_int8_numpy_reference_gives_the_same_frequencies(name):
     """The int8 spec in numpy int64 (tests/int_reference.py) gives every context group's
     frequencies exactly as the production path (torch._int_mm and float32 products)."""
@@ -411,3 +435,24 @@ def test_int8_mode_is_the_default_and_refuses_packets():
     assert np.array_equal(codec.unpack(data)[0].indices, enc.indices)
     with pytest.raises(VqcUsageError, match="whole map"):
         codec.pack(enc, bundle, CodingMode.INT8, packets=4)
+
+
+# -- layered files (format version 4) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if "layers" in e))
+def test_layered_golden_file_prefixes_decode_to_the_parents(name):
+    """Every layer of a layered golden file: each prefix of whole layers decodes to the parents of
+    the recorded top map (the refinements' restricted frequencies are the same integers here)."""
+    from vqcodec import layerfile
+
+    data = (GOLDEN / name).read_bytes()
+    top = np.load(GOLDEN / name.replace(".vqc", ".map.npy")).astype(np.int64)[0]
+    ls = zoo.load_model(None).layer_set(tuple(EXPECTED[name]["layers"]))
+    want = [top]
+    for p in reversed(ls.parents):
+        want.insert(0, p[want[0]])
+    for n, end in enumerate(layerfile.scan_layers(data).ends):
+        enc, _, report = codec.unpack_any(data[:end])
+        assert report.layers_decoded == n + 1
+        assert np.array_equal(enc.indices[0], want[n]), f"layer {n + 1}: {(enc.indices[0] != want[n]).sum()} differ"
