@@ -19,6 +19,7 @@ Mutated bytes rarely get past a checksum, so the first input byte picks a mode:
   packet checksums made valid, then packets dropped, duplicated or reordered;
 - 3: a v4 (layered) file whose every layer CRC-32 is recomputed: fuzzed header fields, layer
   lengths and payloads (refinements included), then cut at a fuzzed point.
+Packetized layered files (v5) enter as raw seeds (mode 0), whole and after a lossy channel.
 
 The model is the tests' tiny seeded bundle with a tiny context/recovery transformer, so context
 decoding and masked recovery are fuzzed too; decoding runs under a 256x256 pixel budget so
@@ -94,6 +95,9 @@ def seed_corpus(bundle, folder: Path) -> None:
             fields = struct.pack("<IHHBB", bundle.model_id, w, h, (0, 3, 4).index(int(mode)), 0)  # whole
             (folder / f"built-v4-{i}-{mode.name.lower()}").write_bytes(
                 b"\x03" + fields + b"".join(struct.pack("<H", len(p)) + p for p in scan.payloads))
+        data, _ = progressive.compress(make_image(h, w, seed=i), bundle, LAYERS, packets=4, parity=(2, 1, 0))
+        (folder / f"raw-v5-{i}").write_bytes(b"\x00" + data)  # packetized layers, whole and lossy
+        (folder / f"raw-v5-{i}-lossy").write_bytes(b"\x00" + channel.corrupt(data, loss=0.3, seed=i)[0])
 
 
 def _with_crc32(body: bytes) -> bytes:
@@ -202,6 +206,7 @@ if __name__ == "__main__":
         import vqcodec.context  # noqa: F401
         import vqcodec.entropy  # noqa: F401
         import vqcodec.layerfile  # noqa: F401
+        import vqcodec.layerpackets  # noqa: F401
         import vqcodec.layers  # noqa: F401
         import vqcodec.progressive  # noqa: F401
         import vqcodec.recovery  # noqa: F401

@@ -170,8 +170,6 @@ def test_option_clashes_are_usage_errors(gan2, tiny):
     img = make_image(32, 32)
     with pytest.raises(VqcUsageError, match="codebook or layers"):
         vqcodec.encode(img, 64, gan2, layers=CHAIN)
-    with pytest.raises(VqcUsageError, match="not packetized"):
-        vqcodec.encode(img, model=gan2, layers=CHAIN, packets=4)
     with pytest.raises(VqcUsageError, match="effort"):
         vqcodec.encode(img, model=gan2, layers=CHAIN, effort=2)
     with pytest.raises(VqcUsageError, match="int8, exact or static"):
@@ -242,3 +240,111 @@ def test_cli_encode_info_decode_trim(tmp_path, capsys):
     assert code == 2 and "--layers" in err
     code, _, err = run(capsys, "encode", src, "-o", tmp_path / "x.vqc", "--layers", "64,8")
     assert code == 2 and "--layers takes" in err
+    packets = tmp_path / "p.vqc"
+    code, _, err = run(capsys, "encode", src, "-o", packets, "--layers", "8,64,1024", "--packets", 4, "--parity", "2,1,0")
+    assert code == 0 and "4 packets each" in err
+    code, _, err = run(capsys, "corrupt", packets, "--loss", 0.3, "-o", tmp_path / "lossy.vqc", "--seed", 1)
+    assert code == 0
+    code, _, err = run(capsys, "decode", tmp_path / "lossy.vqc", "-o", tmp_path / "lossy.png")
+    assert code == 0 and "layer 1 (K=8)" in err
+    code, out, _ = run(capsys, "info", packets)
+    assert code == 0 and "layer 1 packets  4/4 present, parity 2/2" in out
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "y.vqc", "--layers", "8,64", "--packets", 4,
+                       "--parity", "1,2,3")
+    assert code == 2 and "one count per layer" in err and not (tmp_path / "y.vqc").exists()
+
+
+# -- packetized layered files (format version 5) ----------------------------------------------------
+
+
+def _drop(data: bytes, seqs: set[int]) -> bytes:
+    """The file without the framed packets whose global sequence numbers are in ``seqs``."""
+    from vqcodec import layerpackets
+
+    spans = layerpackets.spans(data)
+    head = data[: spans[0][0]]
+    return head + b"".join(data[a:b] for a, b in spans if data[a] not in seqs)
+
+
+@pytest.fixture(scope="module")
+def packet_file(gan2):
+    img = make_image(96, 128, seed=9)
+    data = vqcodec.encode(img, model=gan2, layers=CHAIN, packets=8, parity="3,1,0")
+    _, encs = progressive.compress(img, gan2, CHAIN)
+    return data, encs
+
+
+def test_packetized_layers_round_trip(packet_file, gan2):
+    data, encs = packet_file
+    enc, _, report = codec.unpack_any(data)
+    assert np.array_equal(enc.indices, encs[-1].indices) and enc.hole_latents is None
+    assert report.layers_decoded == 3 and report.intact
+    assert report.layer_packets == ((8, 0, 3), (8, 0, 1), (8, 0, 0))
+    assert vqcodec.info(data).layer_packets.sizes == CHAIN
+
+
+def test_lost_refinement_packets_fall_back_to_the_parent(packet_file, gan2):
+    """Top-layer packets 0 and 5 lost (layer 3 has no parity): their positions are drawn from the
+    K=64 layer's code vectors, every other position from the top layer; nothing is predicted."""
+    data, encs = packet_file
+    top = (8 + 3) + (8 + 1)  # layer 3 starts after 8 + 3 and 8 + 1 packets
+    enc, _, report = codec.unpack_any(_drop(data, {top, top + 5}))
+    assert report.missing_positions == 0 and report.layers_decoded == 2
+    from vqcodec import interleave
+
+    hh, ww = enc.indices.shape[1:]
+    lost = np.isin(interleave.assignment(hh, ww, 8), [0, 5])
+    mask, vectors = enc.hole_latents
+    assert np.array_equal(mask, lost)
+    ls = gan2.layer_set(CHAIN)
+    want = gan2.model.quantize.codes(ls.books[1]).float()[torch.from_numpy(encs[1].indices[0][lost])]
+    assert torch.allclose(torch.from_numpy(vectors), want)
+    assert np.array_equal(enc.indices[0][~lost], encs[2].indices[0][~lost])
+
+
+def test_each_layer_has_its_own_parity(packet_file):
+    """Three base packets lost: the base layer's 3 parity packets rebuild them; one layer-2 packet
+    lost: rebuilt from layer 2's single parity packet."""
+    data, encs = packet_file
+    enc, _, report = codec.unpack_any(_drop(data, {0, 1, 2, 11}))
+    assert report.intact and report.layer_packets[0] == (5, 3, 3) and report.layer_packets[1] == (7, 1, 1)
+    assert np.array_equal(enc.indices, encs[-1].indices)
+
+
+def test_lost_base_packets_are_predicted_and_their_refinements_unused(packet_file):
+    data, _ = packet_file
+    enc, _, report = codec.unpack_any(_drop(data, {0, 1, 2, 3, 8, 9}))  # 4 base + 2 of its parity lost
+    assert report.missing_positions > 0 and report.method
+    assert report.layers_decoded == 0
+    assert "recovered with" in report.summary()
+    with pytest.raises(VqcFormatError, match="every packet of the base layer was lost"):
+        codec.unpack_any(_drop(data, set(range(11))))  # refinements alone cannot be drawn
+
+
+def test_packetized_layer_options(gan2):
+    img = make_image(32, 48)
+    with pytest.raises(VqcUsageError, match="one count per layer"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, packets=4, parity="1,2")
+    with pytest.raises(VqcUsageError, match="packet count per layer"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, packets="200B")
+    with pytest.raises(VqcUsageError, match="give --packets"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, parity=2)
+    with pytest.raises(VqcUsageError, match="static-coded"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, packets=4, entropy="int8")
+    with pytest.raises(VqcUsageError, match="exceed 255"):
+        vqcodec.encode(img, model=gan2, layers=CHAIN, packets=80, parity=20)
+    assert options.layer_parity("4,2,0", 3) == (4, 2, 0) and options.layer_parity(2, 3) == (2, 2, 2)
+
+
+def test_every_header_copy_damaged_is_an_error(packet_file):
+    from vqcodec import layerpackets
+
+    data = bytearray(packet_file[0])
+    size = layerpackets.copy_bytes(3)
+    for i in range(3):
+        data[i * size + 10] ^= 0xFF
+    with pytest.raises(VqcFormatError, match="every header copy"):
+        codec.unpack_any(bytes(data))
+    data = bytearray(packet_file[0])
+    data[10] ^= 0xFF  # one copy: the others still serve
+    assert codec.unpack_any(bytes(data))[2].layers_decoded == 3

@@ -24,6 +24,7 @@ from PIL import Image
 from vqcodec import channel, codec, options
 from vqcodec import device as devices
 from vqcodec.codec import LossReport
+from vqcodec.container import CodingMode
 from vqcodec.errors import VqcUsageError
 from vqcodec.imageio import MAX_PIXELS, _to_rgb, check_size, load_image
 from vqcodec.zoo import Bundle, load_model
@@ -61,7 +62,7 @@ def encode(
     *,
     entropy: str = "auto",
     packets: int | str | None = None,
-    parity: int = 0,
+    parity: int | str | Sequence[int] = 0,
     max_bytes: int | None = None,
     max_pixels: int = MAX_PIXELS,
     device: str = "auto",
@@ -97,8 +98,9 @@ def encode(
             a chain the model ships nested books for (or its first layers). The first bytes are a
             K=8 picture, each later layer refines it; any prefix of whole layers decodes, and a
             file cut anywhere decodes to its last complete layer (``trim`` cuts one to a budget).
-            With ``max_bytes``: the file stops after the last layer that fits. Not with
-            ``packets`` or ``effort`` above 1.
+            With ``max_bytes``: the file stops after the last layer that fits. With ``packets``
+            (a count): each layer in that many packets, and ``parity`` one count per layer
+            ("4,2,0": the base layer protected most) or one for all. Not with ``effort`` above 1.
 
     Raises ``VqcUsageError`` (one line, as the CLI prints it) for bad options: parity without
     packets, a packet count out of 1..255, an unknown entropy coder, an unavailable K...
@@ -109,11 +111,11 @@ def encode(
     2
     """
     mode = options.coding_mode(entropy)
-    n_packets, packet_bytes = options.packet_layout(packets, parity)
     effort = options.check_effort(effort)
     if layers is not None:
-        return _encode_layers(image, options.check_layers(layers), model, mode, codebook, n_packets or packet_bytes,
-                              effort, max_bytes, max_pixels, device)  # fmt: skip
+        return _encode_layers(image, options.check_layers(layers), model, mode, codebook, packets, parity, effort,
+                              max_bytes, max_pixels, device)  # fmt: skip
+    n_packets, packet_bytes = options.packet_layout(packets, parity)
     if max_bytes is not None:
         if codebook is not None:
             raise VqcUsageError("give either codebook or max_bytes, not both: max_bytes chooses the codebook size")
@@ -131,14 +133,20 @@ def encode(
 
 
 def _encode_layers(image: ImageLike, sizes: tuple[int, ...], model: ModelLike, mode, codebook: int | None,
-                   packetized: int, effort: int, max_bytes: int | None, max_pixels: int, device: str) -> bytes:  # fmt: skip
+                   packets, parity, effort: int, max_bytes: int | None, max_pixels: int, device: str) -> bytes:  # fmt: skip
     """``encode(..., layers=...)``: the option clashes first, then the layered file."""
-    from vqcodec import progressive
+    from vqcodec import layerpackets, progressive
 
     if codebook is not None:
         raise VqcUsageError("give either codebook or layers, not both: layers names every codebook size of the file")
-    if packetized:
-        raise VqcUsageError("layered files are not packetized (yet): give layers or packets, not both")
+    n_packets, packet_bytes = options.parse_packets(packets)
+    if packet_bytes:
+        raise VqcUsageError("a layered file takes a packet count per layer (--packets 16), not a packet size")
+    parity = options.layer_parity(parity, len(sizes))
+    if any(parity) and not n_packets:
+        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
+    if n_packets:
+        layerpackets.check(sizes, n_packets, parity)
     if effort != 1:
         raise VqcUsageError("effort above 1 searches single-layer index maps: use effort 1 with layers")
     if max_bytes is not None:
@@ -146,9 +154,9 @@ def _encode_layers(image: ImageLike, sizes: tuple[int, ...], model: ModelLike, m
     pixels = as_pixels(image, max_pixels)
     check_size(pixels.shape[1], pixels.shape[0], max_pixels)
     bundle = _bundle(model)
-    progressive.check(bundle, sizes, mode)  # a model without nested books for the chain: before any network
+    progressive.check(bundle, sizes, CodingMode.STATIC if n_packets else mode)  # before any network runs
     with devices.using(device):
-        return progressive.compress(pixels, bundle, sizes, mode, max_bytes)[0]
+        return progressive.compress(pixels, bundle, sizes, mode, max_bytes, n_packets, parity)[0]
 
 
 def corrupt(

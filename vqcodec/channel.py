@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vqcodec import container
+from vqcodec import container, layerpackets
 from vqcodec.errors import VqcUsageError
 
 
@@ -57,12 +57,13 @@ def loss_pattern(n: int, loss: float, burst: float, rng: np.random.Generator) ->
 def corrupt(data: bytes, loss: float = 0.0, burst: float = 1.0, ber: float = 0.0, shuffle: bool = False,
             duplicate: float = 0.0, seed: int = 0) -> tuple[bytes, CorruptReport]:  # fmt: skip
     """Apply the channel to a packetized file; returns the damaged bytes and what was done."""
-    if not container.is_packetized(bytes(data[:4])):
+    layered = layerpackets.is_layer_packets(bytes(data[:4]))
+    if not (container.is_packetized(bytes(data[:4])) or layered):
         raise VqcUsageError("file is not packetized: encode it with --packets N to simulate packet loss")
     if not 0 <= ber <= 1 or not 0 <= duplicate <= 1:
         raise VqcUsageError("--ber and --duplicate must be in [0, 1]")
     rng = np.random.default_rng(seed)
-    spans = container.packet_spans(data)
+    spans = layerpackets.spans(data) if layered else container.packet_spans(data)
     head = data[: spans[0][0]] if spans else data
     drop = loss_pattern(len(spans), loss, burst, rng)
     kept = [data[a:b] for (a, b), d in zip(spans, drop, strict=True) if not d]

@@ -215,10 +215,12 @@ def encode(
         str | None, typer.Option("--packets", help="packetize for lossy channels: a count (16) or a size (200B)")
     ] = None,
     parity: Annotated[
-        int,
-        typer.Option("--parity", help="with --packets: R erasure-coded parity packets (any N of the N + R "
-                     "packets rebuild the file exactly); 0..63"),
-    ] = 0,
+        str,
+        typer.Option("--parity", metavar="R|R1,R2,..",
+                     help="with --packets: R erasure-coded parity packets (any N of the N + R packets rebuild the "
+                     "file exactly); 0..63; with --layers one count per layer (4,2,0: the base layer protected "
+                     "most) or one for every layer"),
+    ] = "0",
     layers: Annotated[
         str | None,
         typer.Option("--layers", metavar="K1,K2,..",
@@ -256,8 +258,11 @@ def encode(
     if sizes is not None:
         if _given(ctx, "codebook"):
             raise VqcUsageError("--layers names every codebook size of the file: give --layers or --codebook, not both")
-        if packets is not None or effort != 1:
-            raise VqcUsageError("--layers is not combined with --packets or --effort above 1")
+        if effort != 1:
+            raise VqcUsageError("--layers is not combined with --effort above 1")
+        parity_value: int | tuple[int, ...] = options.layer_parity(parity, len(sizes))
+    else:
+        parity_value = _whole(parity, "--parity takes a whole number of parity packets")
     if max_bytes is not None:
         if _given(ctx, "codebook"):
             raise VqcUsageError("--max-bytes chooses the codebook size: give --max-bytes or --codebook, not both")
@@ -269,11 +274,18 @@ def encode(
     bundle = zoo.load_model(model)
     # bad options are one usage error before any file, not one failure per file of a batch
     forced = options.coding_mode(entropy_coder)
-    options.packet_layout(packets, parity)
+    if sizes is None:
+        options.packet_layout(packets, parity_value)
     if sizes is not None:
         from vqcodec import progressive
 
-        progressive.check(bundle, sizes, forced)  # no nested books for the chain: one error, before any file
+        n_packets, packet_bytes = options.parse_packets(packets)
+        if packet_bytes:
+            raise VqcUsageError("a layered file takes a packet count per layer (--packets 16), not a packet size")
+        if any(parity_value) and not n_packets:  # type: ignore[arg-type]
+            raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
+        # no nested books for the chain, or a coding mode packets cannot use: one error, before any file
+        progressive.check(bundle, sizes, options.ENTROPY_CODERS["static"] if n_packets else forced)
     elif max_bytes is None:
         bundle.codebook(codebook)  # an unavailable K
     else:
@@ -290,7 +302,7 @@ def encode(
             img = imageio.load_image(src, max_pixels)
             try:
                 data = api.encode(img.pixels, codebook if max_bytes is None and sizes is None else None, bundle,
-                                  entropy=entropy_coder, packets=packets, parity=parity, max_bytes=max_bytes,
+                                  entropy=entropy_coder, packets=packets, parity=parity_value, max_bytes=max_bytes,
                                   max_pixels=max_pixels, device=dev, effort=effort, layers=sizes)  # fmt: skip
             except VqcBudgetError as e:  # name the image: in a batch only some may not fit
                 raise VqcError(f"{job.src or '<stdin>'}: {e}") from None
@@ -313,6 +325,8 @@ def encode(
             got = fi.layers.complete
             within = f" ({got} of {len(sizes)} layers: {','.join(map(str, sizes[:got]))}"
             within += f", within {max_bytes} bytes)" if max_bytes is not None else ")"
+        if fi.layer_packets is not None:
+            within = f" (layers {','.join(map(str, sizes))}, {fi.layer_packets.packets} packets each)"
         searched = f", effort {effort}" if effort != 1 else ""
         msg = (f"{job.src or '<stdin>'} {w}x{h}{note} -> {job.dst or '<stdout>'}: {len(data)} bytes, "
                f"{len(data) * 8 / (w * h):.4f} bpp, K={k}{within}{searched}, model {bundle.name}")  # fmt: skip
@@ -576,6 +590,16 @@ def info(file: Annotated[Path, typer.Argument(help="a .vqc file")]) -> None:
                                + (f"; {s.problem}" if s.problem else "")))  # fmt: skip
         rows.insert(5, ("layer bytes", ", ".join(f"K={k}: {e}" for k, e in zip(s.sizes, s.ends, strict=False))
                         + " (the file up to the end of each layer)"))  # fmt: skip
+    if fi.layer_packets is not None:
+        lp = fi.layer_packets
+        rows[3] = ("codebook size K", f"{lp.sizes[-1]} (top layer)")
+        rows.insert(4, ("layers", f"K = {','.join(map(str, lp.sizes))}, {lp.packets} packets each"))
+        for i, p in enumerate(lp.layers):
+            rebuilt = f", {len(p.rebuilt)} rebuilt from parity" if p.rebuilt else ""
+            rows.append((f"layer {i + 1} packets", f"{p.data_arrived}/{p.packets} present, parity {p.parity_arrived}/"
+                                                   f"{p.parity}{rebuilt}"))  # fmt: skip
+        rows.append(("damaged", f"{lp.damaged} regions failed their checksum, {lp.duplicates} duplicates"))
+        rows.append(("header copies", f"{lp.header_copies_ok}/3 intact"))
     if fi.packets is not None:
         p = fi.packets
         rows += [
@@ -775,6 +799,14 @@ def _read(path: Path) -> bytes:
         raise VqcError(f"{path}: permission denied") from None
     except OSError as e:
         raise VqcError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _whole(text: str, message: str) -> int:
+    """A whole-number option typed as text (so that another form can share it), or a usage error."""
+    try:
+        return int(text)
+    except ValueError:
+        raise VqcUsageError(f"{message}, not {text!r}") from None
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vqcodec import container, entropy, interleave, layerfile, recovery
+from vqcodec import container, entropy, interleave, layerfile, layerpackets, recovery
 from vqcodec import device as devices
 from vqcodec.container import CodingMode, Header
 from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcImageError, VqcModelError, VqcUsageError
@@ -110,10 +110,29 @@ class LossReport:
     layers: tuple[int, ...] = ()  # a layered file: the K of every declared layer
     layers_decoded: int = 0  # how many of them were complete and drawn
     layer_problem: str = ""  # why the next layer was not drawn ("" when every layer was)
+    # packetized layered files: positions drawn at each layer or deeper, and per layer (data packets
+    # that arrived, packets rebuilt from its parity, parity packets that arrived)
+    layer_depth: tuple[int, ...] = ()
+    layer_packets: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def intact(self) -> bool:
-        return self.missing_positions == 0
+        return self.missing_positions == 0 and (not self.layer_depth or self.layer_depth[-1] == self.positions)
+
+    def _layer_packets_summary(self) -> str:
+        parts = []
+        for i, (arrived, rebuilt, parity) in enumerate(self.layer_packets):
+            s = f"layer {i + 1} (K={self.layers[i]}) {arrived}/{self.packets} packets"
+            s += f" + {rebuilt} rebuilt from {parity} parity" if rebuilt else ""
+            parts.append(s)
+        drawn = [d - (self.layer_depth[i + 1] if i + 1 < len(self.layer_depth) else 0)
+                 for i, d in enumerate(self.layer_depth)]  # fmt: skip
+        at = ", ".join(f"K={k} {100 * d / self.positions:.0f} %" for k, d in zip(self.layers, drawn, strict=True) if d)
+        s = "; ".join(parts) + f"; positions drawn at {at or 'no layer'}"
+        if self.missing_positions:
+            s += (f"; {self.missing_positions}/{self.positions} base indices "
+                  f"({100 * self.missing_positions / self.positions:.0f}%) recovered with '{self.method}'")  # fmt: skip
+        return s
 
     @property
     def received(self) -> int:
@@ -121,6 +140,8 @@ class LossReport:
         return self.packets - len(self.lost_packets) - len(self.rebuilt)
 
     def summary(self) -> str:
+        if self.layer_packets:
+            return self._layer_packets_summary()
         if self.layers:
             n, sizes = self.layers_decoded, self.layers
             s = f"layer {n} of {len(sizes)} drawn (K={sizes[n - 1]}; layers {','.join(map(str, sizes))})"
@@ -736,6 +757,10 @@ def unpack_any(data: bytes, model: Bundle | str | None = None, max_pixels: int =
     (holes filled with ``method``) or layered (the deepest complete layer)."""
     if container.is_packetized(bytes(data[:4])):
         return unpack_packets(data, model, max_pixels, method)
+    if layerpackets.is_layer_packets(bytes(data[:4])):
+        from vqcodec import progressive
+
+        return progressive.unpack_packets(data, model, max_pixels, method)
     if layerfile.is_layered(bytes(data[:4])):
         from vqcodec import progressive
 

@@ -40,6 +40,8 @@ MAX_M = 16
 CRC_BYTES = 4
 LAYER_VERSION = 4
 """Layered (progressive) files: the layout is ``vqcodec.layerfile``'s."""
+LAYER_PACKET_VERSION = 5
+"""Packetized layered files: the layout is ``vqcodec.layerpackets``'."""
 
 
 class CodingMode(IntEnum):
@@ -134,8 +136,8 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if len(data) <= len(MAGIC):
         raise VqcFormatError(f"truncated file: {len(data)} bytes, not even a header")
     header = read_header(data)
-    if header.version == LAYER_VERSION:
-        raise VqcFormatError("layered file (format version 4): read it with layerfile.scan_layers")
+    if header.version in (LAYER_VERSION, LAYER_PACKET_VERSION):
+        raise VqcFormatError(f"layered file (format version {header.version}): read it with progressive.unpack")
     if len(data) < CRC_BYTES:
         raise VqcFormatError("truncated file: no checksum")
     body, crc = data[:-CRC_BYTES], struct.unpack("<I", data[-CRC_BYTES:])[0]
@@ -166,6 +168,10 @@ def read_header(data: bytes) -> Header:
         from vqcodec import layerfile
 
         return layerfile.read_header(data)[0]
+    if version == LAYER_PACKET_VERSION:  # a good header copy: the packets are read by layerpackets.scan
+        from vqcodec import layerpackets
+
+        return layerpackets.scan(data).header
     if version != VERSION:
         raise VqcFormatError(f"unsupported format version {version} (this reader knows {VERSION})")
     mode = mode_of(flags)
@@ -306,17 +312,20 @@ def is_packetized(data: bytes) -> bool:
 
 
 def _rebuild(payloads: dict[int, bytes], parity_blocks: dict[int, bytes], packets: int,
-             parity: int) -> tuple[list[int], bool]:  # fmt: skip
+             parity: int, offset: int = 0) -> tuple[list[int], bool]:  # fmt: skip
     """Rebuild lost data packets from parity when at least P of the P + R packets arrived; each
     rebuilt packet must carry its own sequence number and pass its own CRC-16, so parity that
-    disagrees with the data rebuilds nothing. Returns (rebuilt seqs, parity disagreed)."""
+    disagrees with the data rebuilds nothing. Returns (rebuilt seqs, parity disagreed).
+
+    Keys of ``payloads`` (0 .. P-1) and ``parity_blocks`` (P .. P+R-1) are local to one group of
+    packets whose framed sequence numbers start at ``offset`` (a layer of a layered file)."""
     import zfec
 
     missing = [s for s in range(packets) if s not in payloads]
     sizes = {len(b) for b in parity_blocks.values()}
     if not missing or len(payloads) + len(parity_blocks) < packets:
         return [], False
-    framed = {s: _frame(s, p) for s, p in payloads.items()}
+    framed = {s: _frame(s + offset, p) for s, p in payloads.items()}
     if len(sizes) != 1 or max(map(len, framed.values()), default=0) > min(sizes):
         return [], True  # parity packets of different sizes, or shorter than a data packet
     size = sizes.pop()
@@ -332,7 +341,7 @@ def _rebuild(payloads: dict[int, bytes], parity_blocks: dict[int, bytes], packet
         seq, n = PACKET_HEAD.unpack_from(block, 0)
         stop = PACKET_HEAD.size + n
         if (
-            seq != s
+            seq != s + offset
             or stop + 2 > len(block)
             or binascii.crc_hqx(block[:stop], 0xFFFF) != struct.unpack_from("<H", block, stop)[0]
         ):
@@ -356,32 +365,39 @@ def scan_packets(data: bytes) -> PacketScan:
             raise VqcFormatError("not a .vqc file (bad magic bytes)")
         raise VqcFormatError("packetized file: every header copy is damaged or missing")
     header, packets, parity = good[0]
-    payloads: dict[int, bytes] = {}
-    parity_blocks: dict[int, bytes] = {}
-    damaged = duplicates = 0
-    pos, end = HEADER_COPIES * V2_HEADER_BYTES, len(data)
-    while pos + PACKET_OVERHEAD <= end:
-        seq, n = PACKET_HEAD.unpack_from(data, pos)
-        stop = pos + PACKET_HEAD.size + n
-        if seq < packets + parity and stop + 2 <= end:
-            crc = struct.unpack_from("<H", data, stop)[0]
-            if binascii.crc_hqx(data[pos:stop], 0xFFFF) == crc:
-                into = payloads if seq < packets else parity_blocks
-                if seq in into:
-                    duplicates += 1
-                else:
-                    into[seq] = data[pos + PACKET_HEAD.size : stop]
-                pos = stop + 2
-                continue
-        # not a valid packet here: count one damaged region, then resynchronise byte by byte
-        damaged += 1
-        pos += 1
-        while pos + PACKET_OVERHEAD <= end and not _valid_packet_at(data, pos, packets + parity):
-            pos += 1
+    frames, damaged, duplicates = scan_frames(data, HEADER_COPIES * V2_HEADER_BYTES, packets + parity)
+    payloads = {s: p for s, p in frames.items() if s < packets}
+    parity_blocks = {s: p for s, p in frames.items() if s >= packets}
     arrived = len(payloads)
     rebuilt, mismatch = _rebuild(payloads, parity_blocks, packets, parity) if parity_blocks else ([], False)
     return PacketScan(header, packets, payloads, damaged, duplicates, len(good), parity, len(parity_blocks),
                       tuple(rebuilt), mismatch, arrived)  # fmt: skip
+
+
+def scan_frames(data: bytes, pos: int, total: int) -> tuple[dict[int, bytes], int, int]:
+    """Every framed packet with a sequence number below ``total`` that passes its CRC-16, from
+    ``pos`` on: (seq -> payload, damaged regions, duplicates). A region that is not a valid packet
+    counts once as damaged; the scan then resynchronises byte by byte."""
+    frames: dict[int, bytes] = {}
+    damaged = duplicates = 0
+    end = len(data)
+    while pos + PACKET_OVERHEAD <= end:
+        seq, n = PACKET_HEAD.unpack_from(data, pos)
+        stop = pos + PACKET_HEAD.size + n
+        if seq < total and stop + 2 <= end:
+            crc = struct.unpack_from("<H", data, stop)[0]
+            if binascii.crc_hqx(data[pos:stop], 0xFFFF) == crc:
+                if seq in frames:
+                    duplicates += 1
+                else:
+                    frames[seq] = data[pos + PACKET_HEAD.size : stop]
+                pos = stop + 2
+                continue
+        damaged += 1
+        pos += 1
+        while pos + PACKET_OVERHEAD <= end and not _valid_packet_at(data, pos, total):
+            pos += 1
+    return frames, damaged, duplicates
 
 
 def _valid_packet_at(data: bytes, pos: int, packets: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vqcodec import container, layerfile
+from vqcodec import container, layerfile, layerpackets
 from vqcodec.container import Header
 
 
@@ -21,6 +21,7 @@ class FileInfo:
     payload_bytes: int
     packets: container.PacketScan | None = None
     layers: layerfile.LayerScan | None = None
+    layer_packets: layerpackets.LayerPacketScan | None = None
 
     @property
     def bpp(self) -> float:
@@ -41,6 +42,10 @@ def info(data: bytes) -> FileInfo:
     if container.is_packetized(bytes(data[:4])):
         scan = container.scan_packets(data)
         return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads.values()), scan)
+    if layerpackets.is_layer_packets(bytes(data[:4])):
+        lp = layerpackets.scan(data)
+        size = sum(len(p) for layer in lp.layers for p in layer.payloads.values())
+        return FileInfo(lp.header, len(data), size, layer_packets=lp)
     if layerfile.is_layered(bytes(data[:4])):
         scan = layerfile.scan_layers(data)
         return FileInfo(scan.header, len(data), sum(len(p) for p in scan.payloads), layers=scan)

@@ -167,12 +167,14 @@ def _decode_chunk(dec, parents: np.ndarray, freq: np.ndarray, kids: list[np.ndar
 
 
 def encode_refinement(fine: np.ndarray, coarse: np.ndarray, layer_set: LayerSet, i: int, net=None,
-                      counts: np.ndarray | None = None, levels: int = 1) -> bytes:  # fmt: skip
+                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True) -> bytes:  # fmt: skip
     """Layer i + 1's (h, w) map given layer i's -> CRC-16 of the map (u16) + range-coded words.
 
     With ``net`` (an integer-exact context model) in the context coder's group order, each
     position's frequencies those of the single-layer coder for K restricted to its parent's
-    children; with ``counts`` (the static table of K) in raster order."""
+    children; with ``counts`` (the static table of K) in raster order, for maps of any shape (a
+    packet's positions). ``checksum`` False leaves out the CRC-16 (static packets: the static
+    coder's arithmetic is exact, and each packet has its own CRC)."""
     kids, local = layer_set.children[i], layer_set.local[i]
     if not np.array_equal(layer_set.parents[i][fine], coarse):
         raise ValueError("the refinement is not nested in the layer below")
@@ -191,22 +193,23 @@ def encode_refinement(fine: np.ndarray, coarse: np.ndarray, layer_set: LayerSet,
                 _encode_chunk(enc, vals[done : done + n], par[done : done + n], f, kids)
                 done += n
             visible |= torch.from_numpy(sel)
-    return struct.pack("<H", context.map_checksum(fine[None])) + entropy._words_to_bytes(enc.get_compressed())
+    words = entropy._words_to_bytes(enc.get_compressed())
+    return (struct.pack("<H", context.map_checksum(fine[None])) if checksum else b"") + words
 
 
 def decode_refinement(payload: bytes, coarse: np.ndarray, layer_set: LayerSet, i: int, net=None,
-                      counts: np.ndarray | None = None, levels: int = 1) -> np.ndarray:  # fmt: skip
-    """Inverse of ``encode_refinement``: layer i + 1's (h, w) map. Raises ``VqcFormatError``."""
-    if len(payload) < 2:
+                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True) -> np.ndarray:  # fmt: skip
+    """Inverse of ``encode_refinement``: layer i + 1's map. Raises ``VqcFormatError``."""
+    if checksum and len(payload) < 2:
         raise VqcFormatError("refinement layer shorter than its checksum")
-    crc = struct.unpack("<H", payload[:2])[0]
-    dec = constriction.stream.queue.RangeDecoder(entropy._bytes_to_words(payload[2:]))
+    crc = struct.unpack("<H", payload[:2])[0] if checksum else None
+    dec = constriction.stream.queue.RangeDecoder(entropy._bytes_to_words(payload[2:] if checksum else payload))
     kids = layer_set.children[i]
-    h, w = coarse.shape
     try:
         if net is None:
-            fine = _decode_chunk(dec, coarse.ravel(), np.asarray(counts)[None], kids, static=True).reshape(h, w)
+            fine = _decode_chunk(dec, coarse.ravel(), np.asarray(counts)[None], kids, static=True).reshape(coarse.shape)
         else:
+            h, w = coarse.shape
             k = layer_set.sizes[i + 1]
             fine = np.zeros((h, w), dtype=np.int64)
             plane = torch.zeros(h, w, dtype=torch.int64)
@@ -222,6 +225,6 @@ def decode_refinement(payload: bytes, coarse: np.ndarray, layer_set: LayerSet, i
                 visible |= torch.from_numpy(sel)
     except (AssertionError, ValueError, RuntimeError) as e:
         raise VqcFormatError(f"refinement decoding failed: {e}") from None
-    if context.map_checksum(fine[None]) != crc:
+    if checksum and context.map_checksum(fine[None]) != crc:
         raise VqcFormatError("refinement map checksum mismatch: the context model differs from the encoder's")
     return fine

@@ -98,6 +98,30 @@ def check_layers(sizes: object) -> tuple[int, ...]:
     return out
 
 
+def layer_parity(parity: object, layers: int) -> tuple[int, ...]:
+    """``parity`` / ``--parity`` of a layered file: one count per layer ("4,2,0", [4, 2, 0]: unequal
+    protection, the base layer first) or one count for every layer (2, "2")."""
+    bad = VqcUsageError(f"--parity takes a parity packet count, or one per layer such as 4,2,0, not {parity!r}")
+    if isinstance(parity, bool):
+        raise bad
+    if isinstance(parity, str):
+        try:
+            parity = [int(s) for s in parity.replace(" ", "").split(",")]
+        except ValueError:
+            raise bad from None
+    try:
+        out = (operator.index(parity),) * layers if not hasattr(parity, "__iter__") else tuple(map(operator.index, parity))  # type: ignore[call-overload]
+    except TypeError:
+        raise bad from None
+    if len(out) == 1:
+        out = out * layers
+    if len(out) != layers:
+        raise VqcUsageError(f"--parity takes one count per layer ({layers} here) or one for every layer, not {len(out)}")
+    if any(not 0 <= r <= container.MAX_PARITY for r in out):
+        raise VqcUsageError(f"--parity: each layer's parity packet count must be in 0..{container.MAX_PARITY}")
+    return out
+
+
 MAX_EFFORT = 5
 """Encoder effort levels are 1 .. MAX_EFFORT (``vqcodec.effort``)."""
 

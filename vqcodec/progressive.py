@@ -10,11 +10,12 @@ the same coder for its own K, restricted to the children of the parent code belo
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from vqcodec import codec, layerfile, layers
+from vqcodec import codec, interleave, layerfile, layerpackets, layers, recovery
 from vqcodec.codec import Encoded, LossReport
-from vqcodec.container import CodingMode, Header
-from vqcodec.errors import VqcFormatError, VqcModelError, VqcUsageError
+from vqcodec.container import MAX_PACKETS, CodingMode, Header
+from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcModelError, VqcUsageError
 from vqcodec.fileinfo import _latent_hw
 from vqcodec.zoo import Bundle
 
@@ -65,11 +66,50 @@ def pack(encs: list[Encoded], bundle: Bundle, ls: layers.LayerSet, sizes: tuple[
     return layerfile.pack_layers(header, sizes, ls.tag, payloads)
 
 
+def pack_packets(encs: list[Encoded], bundle: Bundle, ls: layers.LayerSet, sizes: tuple[int, ...], packets: int,
+                 parity: tuple[int, ...]) -> bytes:  # fmt: skip
+    """Nested maps -> a packetized layered file (format version 5): ``packets`` static-coded packets
+    per layer over the same interleaved positions, and ``parity[l]`` parity packets for layer l."""
+    _, hh, ww = encs[0].indices.shape
+    n = max(1, min(int(packets), hh * ww, MAX_PACKETS // len(sizes)))
+    assign = interleave.assignment(hh, ww, n)
+    payloads = [[codec._code(encs[0].indices[:, assign == p], bundle, sizes[0], CodingMode.STATIC) for p in range(n)]]
+    for i in range(1, len(sizes)):
+        fine, coarse, counts = encs[i].indices[0], encs[i - 1].indices[0], bundle.table(sizes[i]).counts
+        payloads.append([layers.encode_refinement(fine[assign == p], coarse[assign == p], ls, i - 1, counts=counts,
+                                                  checksum=False) for p in range(n)])  # fmt: skip
+    w, h = encs[0].image_size
+    header = Header(bundle.model_id, sizes[-1], 1, w, h, CodingMode.STATIC)
+    return layerpackets.pack(header, sizes, ls.tag, payloads, parity)
+
+
+def layer_parity(parity: int | tuple[int, ...], sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """``--parity`` for a layered file: one count per layer, or one count for every layer."""
+    out = (int(parity),) * len(sizes) if isinstance(parity, int) else tuple(parity)
+    layerpackets.check(sizes, 1, out)
+    return out
+
+
 def compress(pixels: np.ndarray, bundle: Bundle, sizes: tuple[int, ...], mode: CodingMode | None = None,
-             max_bytes: int | None = None) -> tuple[bytes, list[Encoded]]:  # fmt: skip
+             max_bytes: int | None = None, packets: int = 0,
+             parity: int | tuple[int, ...] = 0) -> tuple[bytes, list[Encoded]]:  # fmt: skip
     """(H, W, 3) uint8 -> (layered file, the nested maps written). With ``max_bytes`` the file
     stops after the last layer that fits (byte for byte the prefix ``vqc trim`` would cut);
-    ``VqcBudgetError`` when even the base layer does not."""
+    ``VqcBudgetError`` when even the base layer does not. With ``packets`` a packetized layered
+    file (static-coded; ``parity`` per layer), which ``max_bytes`` does not cut."""
+    if packets:
+        if mode not in (None, CodingMode.STATIC):
+            raise VqcUsageError("packetized files are static-coded: each packet decodes on its own (--entropy static)")
+        parity = layer_parity(parity, sizes)
+        ls, _ = check(bundle, sizes, CodingMode.STATIC)
+        encs = maps_for(codec.encode_latent(pixels, bundle), bundle, ls, len(sizes))
+        data = pack_packets(encs, bundle, ls, sizes, packets, parity)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise VqcBudgetError(max_bytes, len(data), f"the packetized layered file needs {len(data)} bytes, "
+                                 f"more than {max_bytes}")  # fmt: skip
+        return data, encs
+    if any(layer_parity(parity, sizes)):
+        raise VqcUsageError("--parity adds parity packets to a packetized file: give --packets N too")
     ls, mode = check(bundle, sizes, mode)
     encs = maps_for(codec.encode_latent(pixels, bundle), bundle, ls, len(sizes))
     data = pack(encs, bundle, ls, sizes, mode)
@@ -109,3 +149,93 @@ def unpack(data: bytes, model: Bundle | str | None, max_pixels: int) -> tuple[En
     enc = Encoded(maps[-1][None], (header.width, header.height), padded, sizes[n - 1], header.model_id,
                   book=ls.books[n - 1])  # fmt: skip
     return enc, bundle, LossReport(layers=sizes, layers_decoded=n, layer_problem=scan.problem)
+
+
+def _layer_set_for(bundle: Bundle, sizes: tuple[int, ...], tag: int) -> layers.LayerSet:
+    try:
+        ls = bundle.layer_set(sizes)
+    except VqcUsageError as e:
+        raise VqcModelError(f"layered file: {e}") from None
+    if ls.tag != tag:
+        raise VqcModelError(f"file was layered with other nested books (tag {tag:04x}, model {bundle.name!r} "
+                            f"has {ls.tag:04x})")  # fmt: skip
+    return ls
+
+
+def unpack_packets(data: bytes, model: Bundle | str | None, max_pixels: int,
+                   method: str = recovery.DEFAULT) -> tuple[Encoded, Bundle, LossReport]:  # fmt: skip
+    """A packetized layered file, whatever was lost -> (what to draw, bundle, report).
+
+    Layer by layer, a data packet is decoded when it arrived (or its layer's parity rebuilt it) and
+    the packet of the layer below with the same positions was decoded too; each position is then
+    drawn from the deepest layer decoded there (the coarser layers' books for the positions whose
+    refinements were lost). Positions whose base-layer packet is lost are predicted at the base
+    layer's K with ``method``, as in a single-layer packetized file, and drawn from the prediction."""
+    scan = layerpackets.scan(data)
+    header, sizes = scan.header, scan.sizes
+    if header.width * header.height > max_pixels:
+        raise VqcFormatError(f"file declares {header.width}x{header.height} pixels, above the limit of {max_pixels}")
+    bundle = codec._bundle_for(header, model)
+    if header.m != 1 or bundle.m != 1:
+        raise VqcFormatError(f"layered file with m={header.m}; model {bundle.name!r} has m = {bundle.m}")
+    ls = _layer_set_for(bundle, sizes, scan.tag)
+    hh, ww = _latent_hw(header.width, header.height, bundle.stride)
+    n = scan.packets
+    if n > hh * ww:
+        raise VqcFormatError(f"{n} packets for {hh * ww} positions")
+    assign = interleave.assignment(hh, ww, n)
+    maps = [np.zeros((hh, ww), dtype=np.int64) for _ in sizes]
+    known = [np.zeros(n, dtype=bool) for _ in sizes]  # per layer: which packets were decoded
+    for p, payload in scan.layers[0].payloads.items():
+        sel = assign == p
+        try:
+            maps[0][sel] = codec._uncode(payload, bundle, sizes[0], CodingMode.STATIC, int(sel.sum()))
+        except VqcFormatError:
+            continue
+        known[0][p] = True
+    for i in range(1, len(sizes)):
+        counts = bundle.table(sizes[i]).counts
+        for p, payload in scan.layers[i].payloads.items():
+            if not known[i - 1][p]:
+                continue  # its parents were lost: the refinement cannot be read
+            sel = assign == p
+            try:
+                maps[i][sel] = layers.decode_refinement(payload, maps[i - 1][sel], ls, i - 1, counts=counts,
+                                                        checksum=False)  # fmt: skip
+            except VqcFormatError:
+                continue
+            known[i][p] = True
+    if not known[0].any():
+        raise VqcFormatError(f"every packet of the base layer was lost ({n} of {n}): nothing to decode")
+    depth = np.full((hh, ww), -1)
+    for i in range(len(sizes)):
+        depth[known[i][assign]] = i
+    q = bundle.model.quantize
+    missing = depth < 0
+    base = maps[0][None]
+    method, net, label = codec._recovery_choice(bundle, method, bool(missing.any()))
+    base, soft = recovery.recover_soft(base, missing, q.plane_codes(ls.books[0]), bundle.table(sizes[0]).counts,
+                                       method, q.plane_cosine, net, sizes[0])  # fmt: skip
+    top = len(sizes) - 1
+    holes = depth < top
+    vectors = torch.zeros(int(holes.sum()), q.codes(ls.books[0]).shape[1])
+    hole_depth = depth[holes]
+    for i in range(top):
+        at = hole_depth == i
+        vectors[torch.from_numpy(at)] = q.codes(ls.books[i]).float()[torch.from_numpy(maps[i][holes][at])]
+    lost = hole_depth < 0
+    if lost.any():
+        recovered = q.codes(ls.books[0]).float()[torch.from_numpy(base[0][holes][lost])]
+        if soft is not None:
+            recovered = soft[torch.from_numpy(holes)][torch.from_numpy(lost)].float()
+        vectors[torch.from_numpy(lost)] = recovered
+    padded = (ww * bundle.stride, hh * bundle.stride)
+    enc = Encoded(np.where(holes, 0, maps[top])[None], (header.width, header.height), padded, sizes[top],
+                  header.model_id, (holes, vectors.numpy()) if holes.any() else None, book=ls.books[top])  # fmt: skip
+    lost_packets = tuple(sorted(set(range(n)) - set(scan.layers[0].payloads)))
+    report = LossReport(n, lost_packets, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label,
+                        scan.layers[0].parity, scan.layers[0].parity_arrived, scan.layers[0].rebuilt,
+                        scan.layers[0].parity_mismatch, layers=sizes, layers_decoded=sum(bool((depth >= i).all()) for i in range(len(sizes))),
+                        layer_problem="", layer_depth=tuple(int((depth >= i).sum()) for i in range(len(sizes))),
+                        layer_packets=tuple((p.data_arrived, len(p.rebuilt), p.parity_arrived) for p in scan.layers))  # fmt: skip
+    return enc, bundle, report
