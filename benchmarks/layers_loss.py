@@ -51,7 +51,7 @@ def _scores(reference, pixels) -> dict:
 
 
 def run(photos, parities: list[tuple[int, ...]], single_parity: int, losses: list[float], seeds: int,
-        model: str | None) -> list[dict]:  # fmt: skip
+        model: str | None, channels: tuple[str, ...] = ("all", "refinement")) -> list[dict]:  # fmt: skip
     bundle = load_model(model)
     rows = []
     for ph in photos:
@@ -62,12 +62,12 @@ def run(photos, parities: list[tuple[int, ...]], single_parity: int, losses: lis
                      "sent": len(base), "received": len(base), **floor})  # fmt: skip
         files = {f"layers {','.join(map(str, p))}": progressive.compress(ph.pixels, bundle, CHAIN, packets=PACKETS,
                                                                           parity=p)[0] for p in parities}  # fmt: skip
-        enc = codec.analyze(ph.pixels, bundle, CHAIN[-1])
-        for r in sorted({0, single_parity}):
-            files[f"single K=1024 parity {r}"] = codec.pack(enc, bundle, CodingMode.STATIC, PACKETS, r)
+        if "all" in channels:  # the single-layer file meets the same channel
+            enc = codec.analyze(ph.pixels, bundle, CHAIN[-1])
+            for r in sorted({0, single_parity}):
+                files[f"single K=1024 parity {r}"] = codec.pack(enc, bundle, CodingMode.STATIC, PACKETS, r)
         for name, data in files.items():
-            channels = ("all", "refinement") if name.startswith("layers") else ("all",)
-            for ch in channels:
+            for ch in channels if name.startswith("layers") else ("all",):
                 for loss in losses:
                     for seed in range(seeds):
                         if ch == "all":
@@ -81,8 +81,8 @@ def run(photos, parities: list[tuple[int, ...]], single_parity: int, losses: lis
                             print(f"{ph.name} {name} {ch} {loss} {seed}: {e}")
                         rows.append({"image": ph.name, "file": name, "channel": ch, "loss": loss, "seed": seed,
                                      "sent": len(data), "received": len(lossy), **scores})  # fmt: skip
-        worst = max(r["lpips"] for r in rows if r["image"] == ph.name and r["channel"] == "refinement")
-        print(f"{ph.name}: base alone LPIPS {floor['lpips']:.4f}; worst with refinement loss {worst:.4f}", flush=True)
+        worst = max(r["lpips"] for r in rows if r["image"] == ph.name and r["channel"] != "-")
+        print(f"{ph.name}: base alone LPIPS {floor['lpips']:.4f}; worst under loss {worst:.4f}", flush=True)
     return rows
 
 
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--single-parity", type=int, default=6, help="parity packets of the single-layer file compared")
     ap.add_argument("--losses", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     ap.add_argument("--seeds", type=int, default=3, help="loss patterns per rate")
+    ap.add_argument("--channels", nargs="+", default=["all", "refinement"], choices=["all", "refinement"],
+                    help="which packets the channel may drop (all: recovery runs, slow; refinement: fast)")
+    ap.add_argument("--tag", default="", help="a suffix of the output files (several runs on one photo set)")
     ap.add_argument("--images", type=int, default=0)
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     photos = photos[: args.images] if args.images else photos
     name = "holdout" if args.holdout else args.data.name
     print(f"{len(photos)} photos ({name}), {cpu_name()}, {args.threads} threads")
-    rows = run(photos, parities, args.single_parity, args.losses, args.seeds, args.model)
+    rows = run(photos, parities, args.single_parity, args.losses, args.seeds, args.model, tuple(args.channels))
+    name += args.tag
     write(args.out / f"layers_loss_{name}_images.csv", rows)
     summary = summarize(rows)
     write(args.out / f"layers_loss_{name}.csv", summary)

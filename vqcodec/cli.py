@@ -849,7 +849,8 @@ def version_text() -> str:
     except VqcError:
         model = f"{zoo.DEFAULT_MODEL} (not installed)"
     formats = {container.VERSION: "single stream", container.PACKET_VERSION: "packets",
-               container.PARITY_VERSION: "packets with parity", container.LAYER_VERSION: "layers"}  # fmt: skip
+               container.PARITY_VERSION: "packets with parity", container.LAYER_VERSION: "layers",
+               container.LAYER_PACKET_VERSION: "layers in packets"}  # fmt: skip
     versions = ", ".join(f"{v} ({what})" for v, what in sorted(formats.items()))
     return f"vqcodec {__version__}\ndefault model: {model}\n.vqc format versions read and written: {versions}"
 
