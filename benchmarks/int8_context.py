@@ -4,6 +4,7 @@ Three steps, each rerunnable:
 
     python benchmarks/int8_context.py maps              # index maps of photos, cached in bench_out/int8/
     python benchmarks/int8_context.py export            # models/vqc-gan2/recovery-int8.safetensors + manifest
+    python benchmarks/int8_context.py export --kind fill  # recovery's model: recovery-fill-int8.safetensors
     python benchmarks/int8_context.py bits --set holdout --ks 8 64 1024 --modes exact int8
 
 ``maps`` encodes three sets once and keeps their index maps at every K: ``calib`` (training photos
@@ -82,19 +83,21 @@ def export(args) -> None:
     from vqcodec.nets import int8_transformer as i8
 
     bundle = load_model(args.model)
-    net = bundle.transformer("masked")
+    net = bundle.transformer(args.kind)
     torch.set_num_threads(1)
     maps = sorted(load_maps("calib").items())[:: args.calib_step]
     calib = [(torch.from_numpy(m), int(key.split("/")[1])) for key, m in maps]
     t = time.perf_counter()
-    tensors = i8.export(net, calib, seed=0)
-    path = args.out or bundle.path / i8.FILE
+    tensors = i8.export(net, calib, seed=0, task="fill" if args.kind == "fill" else "context")
+    name = i8.FILL_FILE if args.kind == "fill" else i8.FILE
+    path = args.out or bundle.path / name
     save_file(tensors, str(path))
+    path.chmod(0o644)  # shipped in the wheel: readable by every user, as the bundle's other files
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if args.out is None:  # into the bundle: the manifest lists it with its sha256
         manifest_path = bundle.path / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["files"][i8.FILE] = digest
+        manifest["files"][name] = digest
         manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {path} ({path.stat().st_size} B, sha256 {digest[:16]}) in {time.perf_counter() - t:.0f} s "
           f"from {len(calib)} calibration maps")  # fmt: skip
@@ -162,6 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="also decode every file and compare the maps")
     ap.add_argument("--out", type=Path, default=None, help="export: write here, not into the bundle")
+    ap.add_argument(
+        "--kind",
+        default="masked",
+        choices=["masked", "fill"],
+        help="export: the context model (masked) or recovery's fill model",
+    )
     ap.add_argument("--calib-step", type=int, default=3, help="export: every n-th calibration map (sorted by name)")
     ap.add_argument("--int8", type=Path, default=None, help="bits: this int8 file instead of the bundle's")
     args = ap.parse_args(argv)

@@ -20,7 +20,9 @@ are the design choices of ``--recover masked`` (docs/history.md says which won):
   of the network (what ``--recover masked`` runs when the bundle ships it: the same filled map on
   every computer), the decoder's blend at temperature 1 (earlier 0.1.0 builds);
 - ``fill-exact-t<T>``, ``fill-t<T>``: the blend given to the decoder taken at temperature T (the
-  recovered map unchanged); ``recovery.BLEND_TEMPERATURE`` is the codec's choice.
+  recovered map unchanged); ``recovery.BLEND_TEMPERATURE`` is the codec's choice;
+- ``fill-int8-t1.5-s<S>``: the int8 copy of ``fill`` (what ``--recover masked`` runs from 0.3.0)
+  at the codec's blend temperature, filling in S confident-first rounds (``recovery.FILL_STEPS``).
 
     python benchmarks/recovery_holdout.py --k 64 --loss 0.3 --seeds 3
 """
@@ -89,7 +91,20 @@ def variants(bundle, k: int) -> dict:
 
         return fn
 
+    def int8(kind: str, temperature: float, steps: int = 6):  # the int8 copy (what the codec runs from 0.3.0)
+        net = bundle.int8_transformer(kind)
+
+        def fn(idx, miss):
+            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book, steps=steps,
+                                         temperature=temperature)  # fmt: skip
+            return filled.numpy()[None], soft
+
+        return fn
+
     out = {"neighbour": baseline("neighbour")}
+    if bundle.has_int8("fill"):
+        for steps in (6, 4, 3, 2, 1):
+            out[f"fill-int8-t1.5-s{steps}"] = int8("fill", 1.5, steps)
     for kind in ("masked", "fill"):
         if bundle.has_exact(kind):
             out[("shared" if kind == "masked" else "fill") + "-exact"] = exact(kind)
@@ -125,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--burst", type=float, default=1.0, help="mean burst length in packets (1: independent loss)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all; neighbour always)")
+    ap.add_argument(
+        "--against",
+        default="fill-exact-t1.5",
+        help="variant every other is paired with (per photo and pattern: mean difference, 2 SE)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = load_model(args.model)
@@ -163,9 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     kind = "" if args.burst == 1 else f" in bursts of mean length {args.burst:g}"
     print(f"\n{len(held)} held-out photos x {args.seeds} seeds, K={args.k}, loss {args.loss}{kind}: "
           f"loss-free LPIPS-VGG {np.mean(clean_scores):.4f}")  # fmt: skip
-    print("\n| variant | LPIPS-VGG rise | share of neighbour's |\n|---|---|---|")
+    ref_rise = np.array(rises[args.against]) if args.against in rises else None
+    print(f"\n| variant | LPIPS-VGG rise | share of neighbour's | vs {args.against} (2 SE) |\n|---|---|---|---|")
     for name, v in rises.items():
-        print(f"| {name} | {np.mean(v):.4f} | {np.mean(v) / base:.0%} |")
+        paired = ""
+        if ref_rise is not None and name != args.against:
+            d = np.array(v) - ref_rise
+            paired = f"{d.mean():+.4f} ({2 * d.std(ddof=1) / np.sqrt(len(d)):.4f})"
+        print(f"| {name} | {np.mean(v):.4f} | {np.mean(v) / base:.0%} | {paired} |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ inflated, ratios within one run are what compares.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -103,7 +104,13 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     import vqcodec
-    from vqcodec import channel, codec, container, imageio, recovery, zoo
+    from vqcodec import codec, container, imageio, recovery, zoo
+
+    # The channel simulator is vqcodec/channel.py since 0.2.0 and vqcodec/corrupt.py before it; ask the
+    # tree, not the import system (an editable install would hand a missing module over from elsewhere).
+    channel = importlib.import_module(
+        "vqcodec.channel" if (args.worker / "vqcodec/channel.py").exists() else "vqcodec.corrupt"
+    )
 
     if not Path(vqcodec.__file__).resolve().is_relative_to(args.worker.resolve()):
         raise SystemExit(f"imported {vqcodec.__file__}, not the tree {args.worker}")

@@ -435,6 +435,31 @@ def test_damaged_int8_model_is_refused(tmp_path):
         context.int8_model(zoo.load_model(d))
 
 
+def test_int8_fill_model_matches_the_numpy_reference():
+    """Recovery's int8 ``fill`` model (0.3.0) runs the int8 spec as the context model does: on a
+    golden map with the holes of lost interleaved packets, its logits are the numpy reference's."""
+    from safetensors.numpy import load_file
+
+    from vqcodec import interleave
+
+    bundle = zoo.load_model(None)
+    net = bundle.int8_transformer("fill")
+    cfg = net.config
+    ref = Int8Reference(load_file(bundle.path / zoo.INT8_FILES["fill"]), cfg.sizes, cfg.dim, cfg.depth, cfg.heads,
+                        cfg.local)  # fmt: skip
+    plane = np.load(GOLDEN / "kodim23-k1024-int8.map.npy").astype(np.int64)[0]
+    mask = np.isin(interleave.assignment(*plane.shape, 16), [2, 5, 11])
+    got = net.tiled(torch.from_numpy(plane), torch.from_numpy(mask), 1024)
+    assert np.array_equal(got.numpy().astype(np.int64), ref.map_logits(plane, mask, 1024))
+
+
+def test_recovery_runs_the_int8_fill_model():
+    """A damaged file's holes are filled by the int8 copy of ``fill`` where the bundle ships it."""
+    bundle = zoo.load_model(None)
+    method, net, _ = codec._recovery_choice(bundle, "auto", True)
+    assert method == "masked" and net is bundle.int8_transformer("fill")
+
+
 def test_int8_mode_is_the_default_and_refuses_packets():
     bundle = zoo.load_model(None)
     enc = codec.analyze(make_image(64, 96, seed=1), bundle, 64)

@@ -48,6 +48,12 @@ BLEND_TEMPERATURE = 1.5
 a softer blend renders a quieter patch. Chosen on held-out training photos (K=64, 30 % loss, LPIPS-VGG
 rise, benchmarks/recovery_holdout.py; docs/history.md, "The blend temperature")."""
 
+FILL_STEPS = 2
+"""``masked``: the confident-first rounds of the filling (each a pass of the transformer over the
+map). 6 until 0.2.0; on held-out training photos (K=64, 16 packets, 30 % and 50 % loss, LPIPS-VGG
+rise, benchmarks/recovery_holdout.py) 6, 4, 3 and 2 rounds fill equally well, so 0.3.0 runs 2:
+a third of the time (docs/history.md, "Fewer recovery rounds")."""
+
 
 def available(bundle) -> list[str]:
     """The methods a bundle can run: the baselines plus each whose transformer it ships."""
@@ -93,11 +99,12 @@ def recover_soft(indices: np.ndarray, missing: np.ndarray, codes: torch.Tensor |
         miss = torch.from_numpy(missing)
         book = F.normalize(codes.float(), dim=1) if cosine else None  # Euclidean books: likeliest index
         if method == "masked" and book is not None and out.shape[0] == 1:
-            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book, temperature=BLEND_TEMPERATURE)
+            filled, soft = transformer.fill_soft(torch.from_numpy(out[0]), miss, k, book, steps=FILL_STEPS,
+                                                 temperature=BLEND_TEMPERATURE)  # fmt: skip
             out[0] = filled.numpy()
             return out, soft
         for j in range(out.shape[0]):
-            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, codes=book).numpy()
+            out[j] = transformer.fill(torch.from_numpy(out[j]), miss, k, steps=FILL_STEPS, codes=book).numpy()
         return out, None
     if method == "ar":
         miss = torch.from_numpy(missing)

@@ -53,6 +53,9 @@ TRANSFORMERS = {
 EXACT = {"masked": "recovery-int.safetensors", "fill": "recovery-fill-int.safetensors"}
 INT8 = "recovery-int8.safetensors"
 """The file of the int8 context model (coding mode ``int8``), beside the int16 one; not in the model id."""
+INT8_FILES = {"masked": INT8, "fill": "recovery-fill-int8.safetensors"}
+"""kind -> file of the int8 copy of a bidirectional transformer: the context model (coding mode
+``int8``) and the recovery-only ``fill`` model (packet-loss recovery, from 0.3.0); not in the model id."""
 """kind -> file of the integer-exact copy of a bidirectional transformer (``nets/int_transformer``):
 the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
 computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
@@ -147,19 +150,19 @@ class Bundle:
         except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
             raise VqcModelError(f"{self.path}: cannot load {fname} ({_first_line(e)})") from None
 
-    def has_int8(self) -> bool:
-        """Whether the bundle ships the int8 context model (and the float model whose config it shares)."""
-        return INT8 in self.manifest.get("files", {}) and self.has_transformer("masked")
+    def has_int8(self, kind: str = "masked") -> bool:
+        """Whether the bundle ships the int8 copy of transformer ``kind`` (and the float model whose
+        config it shares): ``masked`` is the context model of coding mode ``int8``, ``fill`` recovery's."""
+        return kind in INT8_FILES and INT8_FILES[kind] in self.manifest.get("files", {}) and self.has_transformer(kind)
 
-    def int8_transformer(self):
-        """The int8 context model (``nets/int8_transformer.Int8Transformer``, coding mode ``int8``),
-        loaded once; None if not shipped. A file that fails its sha256 or its bounds is a
-        ``VqcModelError``."""
-        key = "int8:masked"
-        if key not in self._transformers and self.has_int8():
+    def int8_transformer(self, kind: str = "masked"):
+        """The int8 copy of transformer ``kind`` (``nets/int8_transformer.Int8Transformer``), loaded
+        once; None if not shipped. A file that fails its sha256 or its bounds is a ``VqcModelError``."""
+        key = "int8:" + kind
+        if key not in self._transformers and self.has_int8(kind):
             from vqcodec.nets.int8_transformer import Int8Transformer
 
-            self._transformers[key] = self._integer_net("masked", INT8, Int8Transformer)
+            self._transformers[key] = self._integer_net(kind, INT8_FILES[kind], Int8Transformer)
         return self._transformers.get(key)
 
     def layer_sets(self) -> list[tuple[int, ...]]:
@@ -572,7 +575,7 @@ def copy_transformers(src: Bundle, folder: Path) -> dict:
             shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
             manifest["files"][fname] = sha256_file(folder / fname)
             manifest[key] = src.manifest[key]
-    for fname in EXACT.values():
+    for fname in [*EXACT.values(), *INT8_FILES.values()]:
         if fname in src.manifest["files"]:
             shutil.copyfile(_verified(src.path, src.manifest, fname), folder / fname)
             manifest["files"][fname] = sha256_file(folder / fname)
@@ -611,9 +614,9 @@ def save_recovery(folder: Path, net, record: dict, kind: str = "masked") -> dict
     save_fp16(net.state_dict(), folder / fname)
     manifest["files"][fname] = sha256_file(folder / fname)
     manifest[key] = {"config": net.config.to_dict(), **record}
-    stale = EXACT.get(kind)
-    if stale:  # replaced below; never left describing the previous weights
-        manifest["files"].pop(stale, None)
+    for stale in (EXACT.get(kind), INT8_FILES.get(kind)):  # never left describing the previous weights:
+        if stale:  # the int16 copy is written again below, the int8 one by its calibrated export
+            manifest["files"].pop(stale, None)
     write_manifest(folder, manifest)
     if kind in EXACT and not net.config.causal:
         manifest = save_exact(folder, net, kind)

@@ -44,6 +44,8 @@ from vqcodec.nets.transformer import TILE, IndexTransformer, sincos_2d
 
 FILE = "recovery-int8.safetensors"
 """The bundle file of the int8 context model (beside ``recovery-int.safetensors``)."""
+FILL_FILE = "recovery-fill-int8.safetensors"
+"""The bundle file of the int8 copy of the recovery-only ``fill`` model (beside ``recovery-fill-int.safetensors``)."""
 A_MAX = 127
 """Bound of every int8 activation."""
 W_MAX = 64
@@ -207,25 +209,37 @@ def _quantise(net: IndexTransformer, fr: dict[str, int]) -> dict[str, torch.Tens
     return out
 
 
-def _calibration_inputs(maps: list[tuple[torch.Tensor, int]], seed: int):
-    """(indices, mask, k) like the context coder's: each map at a random group of the coding order
-    (levels 2), earlier groups visible, the rest masked."""
+def _calibration_inputs(maps: list[tuple[torch.Tensor, int]], seed: int, task: str = "context"):
+    """(indices, mask, k) as the model meets them. ``context``: each map at a random group of the
+    coding order (levels 2), earlier groups visible, the rest masked. ``fill`` (packet-loss
+    recovery): the holes of 16 interleaved packets each lost with a probability drawn from 10-50 %,
+    at a random round of the filling (a random share of the holes already filled)."""
+    from vqcodec import interleave
     from vqcodec.context import groups
 
     g = torch.Generator().manual_seed(seed)
     for m, k in maps:
-        grp = torch.from_numpy(groups(*m.shape, 2))
-        stage = int(torch.randint(1, int(grp.max()) + 1, (1,), generator=g))
-        yield m.clamp(0, k - 1), grp >= stage, k
+        if task == "fill":
+            assign = torch.from_numpy(interleave.assignment(*m.shape, 16).astype(np.int64))
+            loss, filled = torch.rand(2, generator=g).tolist()
+            lost = torch.rand(16, generator=g) < 0.1 + 0.4 * loss
+            lost[int(torch.randint(0, 16, (1,), generator=g))] = True
+            mask = lost[assign] & ~(torch.rand(m.shape, generator=g) < 0.8 * filled)
+        else:
+            grp = torch.from_numpy(groups(*m.shape, 2))
+            stage = int(torch.randint(1, int(grp.max()) + 1, (1,), generator=g))
+            mask = grp >= stage
+        yield m.clamp(0, k - 1), mask, k
 
 
 def export(net: IndexTransformer, maps: list[tuple[torch.Tensor, int]], seed: int = 0,
-           rounds: int = 2) -> dict[str, torch.Tensor]:  # fmt: skip
+           rounds: int = 2, task: str = "context") -> dict[str, torch.Tensor]:  # fmt: skip
     """All-integer tensors of a trained (non-causal) ``IndexTransformer`` for ``Int8Transformer``.
 
     ``maps``: (h, w) index maps of training photos with their K. The fractional bits of every int8
     tensor start wide and are set from the ranges the int8 model itself meets on them, ``rounds``
-    times (each round sees the previous round's quantisation upstream)."""
+    times (each round sees the previous round's quantisation upstream), on inputs shaped as
+    ``task``'s (``_calibration_inputs``: the context coder's groups, or packet-loss holes)."""
     cfg = net.config
     if cfg.causal:
         raise ValueError("the int8 transformer covers bidirectional (masked) models only")
@@ -236,7 +250,7 @@ def export(net: IndexTransformer, maps: list[tuple[torch.Tensor, int]], seed: in
         model = Int8Transformer(cfg, _quantise(net, fr))
         ranges = _Ranges()
         model.observe = ranges
-        for idx, mask, k in _calibration_inputs(maps, seed):
+        for idx, mask, k in _calibration_inputs(maps, seed, task):
             model.tiled(idx, mask, k)
         fr = {n: _frac(ranges.amax(n)) for n in names}
         for n in names:  # the input of a 3x3 convolution is the residual stream at 2^-10: shifts only
