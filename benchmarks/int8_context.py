@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vqcodec import codec  # noqa: E402
+from vqcodec import codec, zoo  # noqa: E402
 from vqcodec.train.data import list_images, load_rgb, split_holdout  # noqa: E402
 from vqcodec.zoo import load_model  # noqa: E402
 
@@ -89,7 +89,7 @@ def export(args) -> None:
     calib = [(torch.from_numpy(m), int(key.split("/")[1])) for key, m in maps]
     t = time.perf_counter()
     tensors = i8.export(net, calib, seed=0, task="fill" if args.kind == "fill" else "context")
-    name = i8.FILL_FILE if args.kind == "fill" else i8.FILE
+    name = zoo.INT8_FILES[args.kind]  # the bundle file the codec loads this model from
     path = args.out or bundle.path / name
     save_file(tensors, str(path))
     path.chmod(0o644)  # shipped in the wheel: readable by every user, as the bundle's other files

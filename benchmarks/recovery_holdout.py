@@ -81,19 +81,7 @@ def variants(bundle, k: int) -> dict:
 
         return fn
 
-    def exact(kind: str, temperature: float = 1.0):  # the integer-exact copy (what the codec runs)
-        net = bundle.exact_transformer(kind)
-
-        def fn(idx, miss):
-            filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book,
-                                         temperature=temperature)  # fmt: skip
-            return filled.numpy()[None], soft
-
-        return fn
-
-    def int8(kind: str, temperature: float, steps: int = 6):  # the int8 copy (what the codec runs from 0.3.0)
-        net = bundle.int8_transformer(kind)
-
+    def integer(net, temperature: float = 1.0, steps: int = 6):  # an integer copy (what the codec runs)
         def fn(idx, miss):
             filled, soft = net.fill_soft(torch.from_numpy(idx[0]), torch.from_numpy(miss), k, book, steps=steps,
                                          temperature=temperature)  # fmt: skip
@@ -101,10 +89,13 @@ def variants(bundle, k: int) -> dict:
 
         return fn
 
+    def exact(kind: str, temperature: float = 1.0):  # the int16 copy (what the codec ran until 0.2.0)
+        return integer(bundle.exact_transformer(kind), temperature)
+
     out = {"neighbour": baseline("neighbour")}
     if bundle.has_int8("fill"):
         for steps in (6, 4, 3, 2, 1):
-            out[f"fill-int8-t1.5-s{steps}"] = int8("fill", 1.5, steps)
+            out[f"fill-int8-t1.5-s{steps}"] = integer(bundle.int8_transformer("fill"), 1.5, steps)
     for kind in ("masked", "fill"):
         if bundle.has_exact(kind):
             out[("shared" if kind == "masked" else "fill") + "-exact"] = exact(kind)

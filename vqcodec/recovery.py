@@ -52,7 +52,7 @@ FILL_STEPS = 2
 """``masked``: the confident-first rounds of the filling (each a pass of the transformer over the
 map). 6 until 0.2.0; on held-out training photos (K=64, 16 packets, 30 % and 50 % loss, LPIPS-VGG
 rise, benchmarks/recovery_holdout.py) 6, 4, 3 and 2 rounds fill equally well, so 0.3.0 runs 2:
-a third of the time (docs/history.md, "Fewer recovery rounds")."""
+a third of the time (docs/history.md, "Recovery on the int8 kernels")."""
 
 
 def available(bundle) -> list[str]:

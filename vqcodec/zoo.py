@@ -51,15 +51,15 @@ TRANSFORMERS = {
     "fill": ("recovery_fill", RECOVERY_FILL),
 }
 EXACT = {"masked": "recovery-int.safetensors", "fill": "recovery-fill-int.safetensors"}
+"""kind -> file of the integer-exact copy of a bidirectional transformer (``nets/int_transformer``):
+the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
+computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
+whenever those are (``save_recovery``), listed in the manifest's ``files``; not in the model id."""
 INT8 = "recovery-int8.safetensors"
 """The file of the int8 context model (coding mode ``int8``), beside the int16 one; not in the model id."""
 INT8_FILES = {"masked": INT8, "fill": "recovery-fill-int8.safetensors"}
 """kind -> file of the int8 copy of a bidirectional transformer: the context model (coding mode
 ``int8``) and the recovery-only ``fill`` model (packet-loss recovery, from 0.3.0); not in the model id."""
-"""kind -> file of the integer-exact copy of a bidirectional transformer (``nets/int_transformer``):
-the context coder's frequencies (coding mode ``exact``) and recovery's filled index maps are
-computed from it, identical on every CPU, GPU and thread count. Written beside the float weights
-whenever those are (``save_recovery``), listed in the manifest's ``files``; not in the model id."""
 LAYERS = "layers.safetensors"
 """The nested codebooks of layered files (``vqcodec.layers``); not in the model id."""
 BUNDLE_FORMAT = 1

@@ -42,10 +42,6 @@ from vqcodec.nets.int_transformer import ACT_BITS, LIMIT, IntTransformer, _act, 
 from vqcodec.nets.int_transformer import tables as int16_tables
 from vqcodec.nets.transformer import TILE, IndexTransformer, sincos_2d
 
-FILE = "recovery-int8.safetensors"
-"""The bundle file of the int8 context model (beside ``recovery-int.safetensors``)."""
-FILL_FILE = "recovery-fill-int8.safetensors"
-"""The bundle file of the int8 copy of the recovery-only ``fill`` model (beside ``recovery-fill-int.safetensors``)."""
 A_MAX = 127
 """Bound of every int8 activation."""
 W_MAX = 64
