@@ -160,3 +160,42 @@ def test_cli_effort(models_env, tmp_path, capsys):
     code, _, err = run(capsys, "encode", src, "-o", bad, "-k", 16, "--model", models_env, "--effort", 9)
     assert code != 0 and "effort must be a whole number" in err and len(err.strip().splitlines()) == 1
     assert not bad.exists()
+
+
+def test_remembered_probabilities_code_the_same_bytes(gan2, monkeypatch):
+    """A map priced and then coded inside ``context.remembering`` runs the context model once, and
+    its bytes are those of a plain encode."""
+    from vqcodec import context
+
+    img = make_image(64, 96, seed=11)
+    enc = codec.analyze(img, gan2, 64)
+    net = codec._int8_net(gan2, 64)
+    plain = context.encode_context(enc.indices, net, 64, 7, gan2.context_levels)
+    calls = []
+    inner = context._group_probs
+    monkeypatch.setattr(context, "_group_probs", lambda *a: calls.append(1) or inner(*a))
+    rate = effort.context_rate(net, 64, gan2.context_levels)
+    with context.remembering():
+        table = rate(enc.indices[0])
+        first = len(calls)
+        assert context.encode_context(enc.indices, net, 64, 7, gan2.context_levels) == plain
+        assert torch.equal(rate(enc.indices[0]), table)
+        assert len(calls) == first  # coded and priced again from what was kept
+    assert context.encode_context(enc.indices, net, 64, 7, gan2.context_levels) == plain
+    assert len(calls) > first  # outside the scope nothing is kept
+
+
+def test_unjudged_last_step_saves_a_decoder_pass(gan2, monkeypatch):
+    """A level whose last map is taken unmeasured decodes once per step, not once more."""
+    img = make_image(64, 96, seed=12)
+    calls = []
+    inner = type(gan2.model).decode_latent
+    monkeypatch.setattr(type(gan2.model), "decode_latent", lambda self, z: calls.append(1) or inner(self, z))
+    d1, _ = codec.compress(img, gan2, 64)
+    for judge, passes in [(True, 2), (False, 1)]:
+        monkeypatch.setitem(effort.LEVELS, 2, effort.Settings(steps=1, lr=0.03, judge_last=judge))
+        calls.clear()
+        d2, e2 = codec.compress(img, gan2, 64, effort=2)
+        assert len(calls) == passes
+        assert len(d2) <= len(d1)
+        np.testing.assert_array_equal(codec.unpack(d2)[0].indices, e2.indices)

@@ -233,8 +233,8 @@ def encode(
         int,
         typer.Option("-e", "--effort", metavar="1..5",
                      help="encoder effort: 1 takes each position's nearest code (fast); 2..5 search the index map "
-                     "against the decoder for a better picture in at most the same bytes (5: about 30 s for a "
-                     "768x512 photo on 2 cores); every decoder reads the files"),
+                     "against the decoder for a better picture in at most the same bytes (2: about 4 s, 5: about "
+                     "25 s for a 768x512 photo on 2 cores); every decoder reads the files"),
     ] = 1,
     device: Annotated[
         str, typer.Option("--device", help="where the networks run: auto (CUDA when present) | cpu | cuda[:N]")

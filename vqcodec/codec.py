@@ -547,6 +547,15 @@ def compress(
     better picture in at most the same bytes: those of the effort-1 file, or ``max_bytes``."""
     if effort != 1:
         check_effort_model(bundle, effort)
+        from vqcodec import context
+
+        with context.remembering():  # the search prices and codes the same maps: one context pass each
+            return _compress(pixels, bundle, codebook_size, max_bytes, options, sizes, effort)
+    return _compress(pixels, bundle, codebook_size, max_bytes, options, sizes, effort)
+
+
+def _compress(pixels: np.ndarray, bundle: Bundle, codebook_size: int, max_bytes: int | None,
+              options: PackOptions, sizes: list[int] | None, effort: int) -> tuple[bytes, Encoded]:  # fmt: skip
     if max_bytes is None:
         bundle.codebook(codebook_size)  # an unavailable K fails before the encoder runs
         latent = encode_latent(pixels, bundle)

@@ -143,6 +143,49 @@ def groups_in_order(h: int, w: int, levels: int) -> Iterator[np.ndarray]:
             yield sel
 
 
+_MEMO: dict | None = None
+"""Coding probabilities of whole maps, while ``remembering`` is active: ``(key) -> [(sel, probs)]``."""
+MEMO_BYTES = 256 << 20
+"""Most bytes of probabilities ``remembering`` keeps: a 768x512 map at K=1024 is 12.6 MB; a
+24 MP one (770 MB) is recomputed instead of kept."""
+
+
+@contextmanager
+def remembering() -> Iterator[None]:
+    """Keep each map's coding probabilities while active, so a map that is both priced and coded
+    (the effort search prices a map from the same probabilities the range coder then codes with)
+    runs the context model once. The numbers are the same either way; only the time changes."""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
+def plane_probabilities(net, plane: np.ndarray, k: int, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(selection, (n, K) coding probabilities) of each lattice group of one (h, w) plane, in
+    coding order: exactly what ``encode_context`` codes the plane with (``remembering`` keeps them)."""
+    h, w = plane.shape
+    key = (id(net), k, levels, h, w, np.ascontiguousarray(plane, dtype=np.int64).tobytes())
+    if _MEMO is not None and key in _MEMO:
+        return _MEMO[key]
+    idx = torch.from_numpy(plane.astype(np.int64))
+    visible = torch.zeros(h, w, dtype=torch.bool)
+    out = []
+    for sel in groups_in_order(h, w, levels):
+        out.append((sel, np.concatenate(list(_group_probs(net, idx, visible, sel, k)))))
+        visible |= torch.from_numpy(sel)
+    if _MEMO is not None:
+        size = h * w * k * 8
+        while _MEMO and sum(h_ * w_ * k_ * 8 for (_, k_, _, h_, w_, _) in _MEMO) + size > MEMO_BYTES:
+            _MEMO.pop(next(iter(_MEMO)))  # the oldest map first
+        if size <= MEMO_BYTES:
+            _MEMO[key] = out
+    return out
+
+
 def map_checksum(indices: np.ndarray) -> int:
     return binascii.crc_hqx(np.ascontiguousarray(indices, dtype="<u2").tobytes(), 0xFFFF)
 
@@ -152,6 +195,12 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int =
     m, h, w = indices.shape
     enc = constriction.stream.queue.RangeEncoder()
     for j in range(m):
+        if _MEMO is not None:  # whole groups, kept for the next pricing or coding of this map
+            for sel, probs in plane_probabilities(net, indices[j], k, levels):
+                for part in range(0, len(probs), CHUNK):
+                    vals = indices[j][sel][part : part + CHUNK].astype(np.int32)
+                    enc.encode(vals, _Categorical(perfect=False), probs[part : part + CHUNK])
+            continue
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
         for sel in groups_in_order(h, w, levels):
