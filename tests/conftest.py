@@ -49,6 +49,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """The networks converted for OpenVINO go to a folder of this test session, not the user's
+    cache (subprocesses of the tests inherit it)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("vqc-cache")
+    old = os.environ.get("VQC_CACHE")
+    os.environ["VQC_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("VQC_CACHE", None)
+    else:
+        os.environ["VQC_CACHE"] = old
+
+
 def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth colourful test picture with some texture (deterministic)."""
     rng = np.random.default_rng(seed)

@@ -21,6 +21,13 @@ def gen():
     return load_model("vqc-gen")
 
 
+@pytest.fixture(autouse=True)
+def pytorch_networks(monkeypatch):
+    """Tiles against the whole image, both in PyTorch: the tiling is exact in any one engine, and
+    big photos always run in PyTorch (the whole-image path may run on OpenVINO, within precision)."""
+    monkeypatch.setenv("VQC_ENGINE", "torch")
+
+
 def _whole_and_streamed(bundle, pixels, tile, low_tile):
     """(latent, image) of the whole network and of the streamed one with small tiles."""
     model = bundle.model

@@ -24,6 +24,7 @@ from vqcodec.fileinfo import FileInfo as FileInfo  # re-exported: FileInfo and i
 from vqcodec.fileinfo import _latent_hw
 from vqcodec.fileinfo import info as info
 from vqcodec.imageio import MAX_PIXELS, WHOLE_MAX_PIXELS, check_size, pad_to_multiple
+from vqcodec.nets import openvino_engine
 from vqcodec.zoo import Bundle, find_by_id, load_model
 
 STREAM_PIXELS = 1 << 21
@@ -221,6 +222,8 @@ def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
 
             image = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8, converted tile by tile
             z = streamed.encode_latent(model, image, progress=_tracker("encoding", pw * ph)).float()
+        elif (fast := openvino_engine.runner(model, "encoder")) is not None:
+            z = fast(_to_tensor(padded))
         else:
             z = model.encode_latent(_to_tensor(padded).contiguous(memory_format=model.memory_format)).float()
     return Latent(z, (w, h), (pw, ph))
@@ -306,7 +309,8 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
 
             image = streamed.decode_latent(model, z, progress=_tracker("decoding", pw * ph // 64))
             return image[0, :, :h, :w].permute(1, 2, 0).contiguous().numpy()
-        x = model.decode_latent(z).float()
+        fast = openvino_engine.runner(model, "decoder")
+        x = fast(z) if fast is not None else model.decode_latent(z).float()
     return _to_pixels(x)[:h, :w]
 
 
