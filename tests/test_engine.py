@@ -57,6 +57,7 @@ def test_converted_networks_are_read_back_not_converted_again(gan2, monkeypatch)
         raise AssertionError("converted twice")
 
     monkeypatch.setattr(engine, "_convert", no)
+    monkeypatch.setattr(engine, "_COMPILED", {})  # a new process: nothing compiled, the IR on disk
     assert engine.prepare(again.model)
     img = make_image(64, 96, seed=4)
     np.testing.assert_array_equal(codec.analyze(img, again, 64).indices, codec.analyze(img, gan2, 64).indices)
@@ -72,6 +73,7 @@ def test_switched_off_or_failing_engine_leaves_pytorch(gan2, monkeypatch, tiny):
         monkeypatch.delenv(limit)
     assert tiny.model.config.backbone == "vqgan" and engine.runner(tiny.model, "decoder") is None
     monkeypatch.setattr(engine, "_ir", lambda *_: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr(engine, "_COMPILED", {})
     fresh = fresh_gan2()
     assert engine.runner(fresh.model, "decoder") is None  # PyTorch draws it
     img = make_image(48, 64, seed=1)
@@ -82,6 +84,7 @@ def test_unwritable_cache_converts_in_memory(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     monkeypatch.setenv("VQC_CACHE", str(blocker / "sub"))  # a folder cannot be made under a file
+    monkeypatch.setattr(engine, "_COMPILED", {})
     fresh = fresh_gan2()
     run = engine.runner(fresh.model, "decoder")
     assert run is not None

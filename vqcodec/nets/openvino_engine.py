@@ -38,8 +38,14 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 PARTS = ("encoder", "decoder")
 LIMITS = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 """Variables that hold PyTorch's kernels to a smaller instruction set (portability checks, old CPUs)."""
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""model -> {(part, threads, bf16): runner or None, "digest": str}: compiled once per process."""
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""model -> the digest of its weights (computed once per model object)."""
+_COMPILED: dict[tuple[str, str, int, bool], Runner | None] = {}
+"""(digest, part, threads, bf16) -> runner or None: compiled once per process (two loads of one
+bundle share it)."""
+_ALIVE: list = []
+"""Every compiled network and its request, held until the process ends: freeing them mid-run (as
+their models were collected) crashed the process in a test session that then trained a network."""
 _LOCK = threading.RLock()
 
 
@@ -69,10 +75,9 @@ def cache_root() -> Path:
 def digest(model) -> str:
     """Names the converted networks: the weights and configuration, not the bundle's name."""
     with _LOCK:
-        known = _COMPILED.setdefault(model, {})
-        if "digest" not in known:
-            known["digest"] = _digest(model)
-        return known["digest"]
+        if model not in _DIGESTS:
+            _DIGESTS[model] = _digest(model)
+        return _DIGESTS[model]
 
 
 def _digest(model) -> str:
@@ -139,12 +144,11 @@ def runner(model, part: str) -> Runner | None:
 
     threads = torch.get_num_threads()
     bf16 = native_bf16()
-    key = (part, threads, bf16)
+    key = (digest(model), part, threads, bf16)
     with _LOCK:
-        known = _COMPILED.setdefault(model, {})
-        if key not in known:
-            known[key] = _compile(model, part, threads, bf16)
-        return known[key]
+        if key not in _COMPILED:
+            _COMPILED[key] = _compile(model, part, threads, bf16)
+        return _COMPILED[key]
 
 
 def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
@@ -161,6 +165,7 @@ def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
     except Exception:  # noqa: BLE001 - any engine trouble: PyTorch runs the network, as before
         return None
     request, busy = compiled.create_infer_request(), threading.Lock()
+    _ALIVE.append((compiled, request))  # never freed before the process ends (see _COMPILED)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with busy:  # one request, one caller at a time
