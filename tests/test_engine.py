@@ -39,7 +39,7 @@ def _both(bundle, img: np.ndarray, k: int, monkeypatch) -> tuple:
 
 def test_openvino_draws_what_pytorch_draws(gan2, monkeypatch, engine_cache):
     img = make_image(128, 192, seed=3)
-    assert engine.prepare(gan2.model)
+    assert engine.prepare(gan2.model), engine.FAILURES
     idx, pic, idx_t, pic_t = _both(gan2, img, 64, monkeypatch)
     assert (idx == idx_t).mean() >= 0.95  # the precision moves a few near-ties, as bf16 against fp32 does
     mse = ((pic.astype(np.float64) - pic_t) ** 2).mean()
@@ -90,3 +90,12 @@ def test_unwritable_cache_converts_in_memory(monkeypatch, tmp_path):
     assert run is not None
     z = torch.zeros(1, fresh.model.config.embed_dim, 2, 3)
     assert tuple(run(z).shape) == (1, 3, 32, 48)
+
+
+def test_first_use_inside_the_codecs_autocast_converts(gan2, monkeypatch, tmp_path):
+    """A machine's first photo converts the networks from inside the codec (bf16 autocast on)."""
+    monkeypatch.setenv("VQC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert engine.runner(gan2.model, "encoder") is not None, engine.FAILURES
+    assert (tmp_path / "cache" / "openvino" / engine.digest(gan2.model) / "encoder.xml").is_file()

@@ -43,6 +43,8 @@ _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _COMPILED: dict[tuple[str, str, int, bool], Runner | None] = {}
 """(digest, part, threads, bf16) -> runner or None: compiled once per process (two loads of one
 bundle share it)."""
+FAILURES: list[str] = []
+"""Why OpenVINO could not take a network in this process (PyTorch ran it instead)."""
 _ALIVE: list = []
 """Every compiled network and its request, held until the process ends: freeing them mid-run (as
 their models were collected) crashed the process in a test session that then trained a network."""
@@ -110,7 +112,9 @@ def _convert(model, part: str):
     net = Part(model, part)
     channels, side = (3, 4 * model.stride) if part == "encoder" else (model.config.embed_dim, 4)
     example = torch.zeros(1, channels, side, side)
-    with torch.no_grad():
+    # traced in float32 even when the first photo asks for it inside the codec's bf16 autocast
+    # (traced under autocast, the graph holds autocast ops that OpenVINO cannot convert)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         return ov.convert_model(net.eval(), example_input=example, input=[ov.PartialShape([1, channels, -1, -1])])
 
 
@@ -162,7 +166,8 @@ def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
         if _writable(blobs):  # OpenVINO keeps the compiled network too: half the start-up next time
             core.set_property({"CACHE_DIR": str(blobs)})
         compiled = core.compile_model(_ir(model, part), "CPU", config)
-    except Exception:  # noqa: BLE001 - any engine trouble: PyTorch runs the network, as before
+    except Exception as e:  # noqa: BLE001 - any engine trouble: PyTorch runs the network, as before
+        FAILURES.append(f"{part}: {type(e).__name__}: {' | '.join(str(e).split(chr(10)))[:1500]}")
         return None
     request, busy = compiled.create_infer_request(), threading.Lock()
     _ALIVE.append((compiled, request))  # never freed before the process ends (see _COMPILED)
