@@ -197,9 +197,9 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int =
     for j in range(m):
         if _MEMO is not None:  # whole groups, kept for the next pricing or coding of this map
             for sel, probs in plane_probabilities(net, indices[j], k, levels):
+                vals = indices[j][sel].astype(np.int32)
                 for part in range(0, len(probs), CHUNK):
-                    vals = indices[j][sel][part : part + CHUNK].astype(np.int32)
-                    enc.encode(vals, _Categorical(perfect=False), probs[part : part + CHUNK])
+                    enc.encode(vals[part : part + CHUNK], _Categorical(perfect=False), probs[part : part + CHUNK])
             continue
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)

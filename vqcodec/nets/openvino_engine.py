@@ -170,7 +170,7 @@ def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
         FAILURES.append(f"{part}: {type(e).__name__}: {' | '.join(str(e).split(chr(10)))[:1500]}")
         return None
     request, busy = compiled.create_infer_request(), threading.Lock()
-    _ALIVE.append((compiled, request))  # never freed before the process ends (see _COMPILED)
+    _ALIVE.append((compiled, request))  # never freed before the process ends (see _ALIVE)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with busy:  # one request, one caller at a time
