@@ -6,6 +6,8 @@ Three steps, each rerunnable:
     python benchmarks/int8_context.py export            # models/vqc-gan2/recovery-int8.safetensors + manifest
     python benchmarks/int8_context.py export --kind fill  # recovery's model: recovery-fill-int8.safetensors
     python benchmarks/int8_context.py bits --set holdout --ks 8 64 1024 --modes exact int8
+    python benchmarks/int8_context.py bits --set holdout --modes int8 int8-paired --check
+    python benchmarks/int8_context.py schedules --set holdout   # which lattice groups may share a pass
 
 ``maps`` encodes three sets once and keeps their index maps at every K: ``calib`` (training photos
 outside the 8 held-out ones, long side 512: the int8 model's activation ranges are measured on
@@ -15,7 +17,10 @@ float ``masked`` transformer (the one the int16 model ``recovery-int.safetensors
 from) with ranges calibrated on ``calib`` and writes the file and its sha256 into the manifest.
 ``bits`` context-codes each map in each mode (the payload a file carries: model tag, CRC and
 range-coded words) and reports bytes per image, the change against the first mode and the CPU
-seconds spent (process time: other work on a shared machine is not counted).
+seconds spent (process time: other work on a shared machine is not counted). ``schedules``
+prices other orders of the lattice groups with the int8 model (ideal bits, -log2 of each coded
+index's probability): the groups named together share one pass of the model (mode 5, int8-paired,
+is "pairs").
 """
 
 from __future__ import annotations
@@ -117,10 +122,10 @@ def _nets(bundle, modes: list[str], int8_file: Path | None) -> dict:
         elif m == "int8" and int8_file is not None:
             net = Int8Transformer(bundle.transformer("masked").config, load_file(str(int8_file)))
             out[m] = (net, int(hashlib.sha256(int8_file.read_bytes()).hexdigest()[:4], 16))
-        elif m == "int8":
+        elif m in ("int8", "int8-paired"):
             out[m] = (context.int8_model(bundle), context.int8_tag(bundle))
         else:
-            raise SystemExit(f"mode {m}: exact or int8")
+            raise SystemExit(f"mode {m}: exact, int8 or int8-paired")
     return out
 
 
@@ -138,11 +143,12 @@ def bits(args) -> None:
             h, w = idx.shape
             for m, (net, tag) in nets.items():
                 t = time.process_time()
-                data = context.encode_context(idx[None], net, k, tag, bundle.context_levels)
+                paired = m == "int8-paired"
+                data = context.encode_context(idx[None], net, k, tag, bundle.context_levels, paired)
                 secs[m] += time.process_time() - t
                 got[m].append(len(data))
                 if args.check:
-                    back = context.decode_context(data, net, k, 1, h, w, tag, bundle.context_levels)
+                    back = context.decode_context(data, net, k, 1, h, w, tag, bundle.context_levels, paired)
                     assert np.array_equal(back[0], idx), f"{key}: {m} round trip differs"
         base = np.mean(got[args.modes[0]])
         cells = " | ".join(f"{np.mean(got[m]):.1f} ({(np.mean(got[m]) / base - 1) * 100:+.2f} %, {secs[m]:.1f} s)"
@@ -154,9 +160,45 @@ def bits(args) -> None:
     (OUT / f"bits-{args.set}.json").write_text(json.dumps(rows))
 
 
+SCHEDULES = {  # lattice groups of levels 2 (context.groups) coded in one pass, in coding order
+    "seven (mode 4)": [[0], [1], [2], [3], [4], [5], [6]],
+    "last pair": [[0], [1], [2], [3], [4], [5, 6]],
+    "pairs (mode 5)": [[0], [1], [2, 3], [4], [5, 6]],
+    "4x4 level in one": [[0], [1, 2, 3], [4], [5, 6]],
+    "2x2 level in one": [[0], [1, 2, 3], [4, 5, 6]],
+}
+
+
+def schedules(args) -> None:
+    from vqcodec import context
+
+    torch.set_num_threads(args.threads)
+    bundle = load_model(args.model)
+    net = context.int8_model(bundle)
+    if bundle.context_levels != 2:
+        raise SystemExit("the schedules compared are those of a 2-level lattice")
+    print("| K | " + " | ".join(SCHEDULES) + " |  (ideal bytes per image, change against seven passes)")
+    for k in args.ks:
+        bits = dict.fromkeys(SCHEDULES, 0.0)
+        maps = load_maps(args.set, k)
+        for idx in maps.values():
+            h, w = idx.shape
+            g, plane = context.groups(h, w, 2), torch.from_numpy(idx)
+            for name, order in SCHEDULES.items():
+                visible = torch.zeros(h, w, dtype=torch.bool)
+                for grp in order:
+                    sel = np.isin(g, grp)
+                    f = np.concatenate(list(context.group_frequencies(net, plane, visible, sel, k))).astype(np.float64)
+                    bits[name] -= np.log2(f[np.arange(len(f)), idx[sel]] / f.sum(1)).sum()
+                    visible |= torch.from_numpy(sel)
+        base = bits["seven (mode 4)"]
+        cells = [f"{b / 8 / len(maps):.1f} B ({(b / base - 1) * 100:+.2f} %)" for b in bits.values()]
+        print(f"| {k} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("step", choices=["maps", "export", "bits"])
+    ap.add_argument("step", choices=["maps", "export", "bits", "schedules"])
     ap.add_argument("--model", default="vqc-gan2")
     ap.add_argument("--sets", nargs="*", default=list(SETS))
     ap.add_argument("--set", default="holdout", choices=list(SETS))

@@ -285,6 +285,12 @@ class VQC(Codec):
             # changes one is measured again (the first 4 hex digits are the file's context tag)
             ctx = man["files"].get(zoo.RECOVERY)
             self._signature = f"context {ctx[:4]}" if ctx else "static"
+            # so does the default coding mode (int8-paired from 0.3.0 where the int8 model ships),
+            # and the engine decides the index map (OpenVINO's differs in about 1 % of positions)
+            if zoo.INT8 in man["files"]:
+                self._signature += f"; int8-paired {man['files'][zoo.INT8][:4]}"
+            if man.get("config", {}).get("backbone") == "taef2" and os.environ.get("VQC_ENGINE", "") != "torch":
+                self._signature += "; openvino"
             self._missing = None
         except Exception as e:  # noqa: BLE001
             self.name, self.settings, self._version, self._missing = "vqcodec", [], "", str(e)

@@ -55,7 +55,7 @@ def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path, capsys, monkeypatch):
 def test_default_mode_is_exact_and_device_does_not_change_the_bytes():
     pixels = make_image(64, 80, seed=5)
     data = api_encode(pixels, 64)
-    assert container.read_header(data).mode == CodingMode.INT8  # integer-exact, int8 since 0.2.0
+    assert container.read_header(data).mode == CodingMode.INT8_PAIRED  # integer-exact: int8 0.2.0, paired 0.3.0
     assert api_encode(pixels, 64, device="cpu") == data
     assert np.asarray(api_decode(data, device="cpu")).shape == (64, 80, 3)
 

@@ -1,6 +1,6 @@
 """The int8 context model (coding mode int8, 0.2.0): exact int8 products, the export of a float
-model, the numpy reference of ``docs/bitstream.md`` against the production path, and mode 4 in the
-container. Tiny random models only; the shipped model is checked on golden files in test_portable."""
+model, the numpy reference of ``docs/bitstream.md`` against the production path, modes 4 and 5 in
+the container, and mode 5's paired group order. Tiny random models only; the shipped model is checked on golden files in test_portable."""
 
 from __future__ import annotations
 
@@ -92,11 +92,36 @@ def test_mode_4_in_the_container():
     data = container.pack(h, b"abcd")
     assert data[8] == 4 and container.unpack(data) == (h, b"abcd")
     bad = bytearray(data)
-    bad[8] = 5
-    with pytest.raises(VqcFormatError, match="unknown coding mode 5"):
+    bad[8] = 6
+    with pytest.raises(VqcFormatError, match="unknown coding mode 6"):
         container.read_header(bytes(bad))
     bad[8] = 0x0C
     with pytest.raises(VqcFormatError, match="reserved"):
         container.read_header(bytes(bad))
     with pytest.raises(VqcUsageError, match="cannot be packetized"):
         container.pack_packets(Header(1, 64, 1, 48, 32, CodingMode.INT8, container.PACKET_VERSION), [b"a", b"b"])
+
+
+def test_mode_5_in_the_container():
+    """Mode 5 (int8-paired, 0.3.0) is the third flag bit and the first; packets refuse it like mode 4."""
+    h = Header(1, 64, 1, 48, 32, CodingMode.INT8_PAIRED)
+    data = container.pack(h, b"abcd")
+    assert data[8] == 5 and container.unpack(data) == (h, b"abcd")
+    with pytest.raises(VqcUsageError, match="cannot be packetized"):
+        container.pack_packets(Header(1, 64, 1, 48, 32, CodingMode.INT8_PAIRED, container.PACKET_VERSION), [b"a"])
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_paired_schedule_codes_every_position_once_with_the_edge_cosets_together(levels):
+    """The paired order: the same lattice groups, each level's (0, half) and (half, 0) cosets in one
+    pass; every position in exactly one group, each group after everything it may see."""
+    h, w = 21, 37
+    g = context.groups(h, w, levels)
+    plain = list(context.groups_in_order(h, w, levels))
+    paired = list(context.groups_in_order(h, w, levels, paired=True))
+    assert len(plain) == 3 * levels + 1 and len(paired) == 2 * levels + 1
+    assert np.array_equal(sum(s.astype(int) for s in paired), np.ones((h, w), int))
+    assert context.schedule(levels, True)[-1] == (3 * levels - 1, 3 * levels)
+    for s in paired:
+        assert len(set(g[s].tolist())) in (1, 2)
+    assert [int(s.sum()) for s in paired[:2]] == [int(s.sum()) for s in plain[:2]]

@@ -157,7 +157,7 @@ def test_refinement_costs_less_than_the_map_alone(gan2):
     data, encs = progressive.compress(img, gan2, CHAIN)
     scan = layerfile.scan_layers(data)
     for i in (1, 2):
-        alone = codec._code(encs[i].indices, gan2, CHAIN[i], CodingMode.INT8)
+        alone = codec._code(encs[i].indices, gan2, CHAIN[i], CodingMode.INT8_PAIRED)
         assert len(scan.payloads[i]) < len(alone)
 
 

@@ -6,7 +6,8 @@ The golden files in ``tests/expected/portable/`` were made once with the shipped
 ``../shared``; ``GENERATE_EXPECTED=thumbs`` re-renders only their decoded thumbnails,
 ``GENERATE_EXPECTED=lossy`` only the lossy files' recovered maps, ``GENERATE_EXPECTED=int8`` adds
 the int8-mode files of 0.2.0 beside the older ones, which stay as they were made,
-``GENERATE_EXPECTED=layers`` the layered files of format version 4 likewise); every run,
+``GENERATE_EXPECTED=layers`` the layered files of format version 4 likewise, and
+``GENERATE_EXPECTED=paired`` the int8-paired files of 0.3.0); every run,
 on whatever CPU CI lands on, decodes them and must find the same index maps. Pixels are compared with a tolerance: the image decoder is float (bf16 on CPUs with native
 bf16) and its rounding may differ between machines; only the index map is promised bit for bit.
 """
@@ -146,6 +147,30 @@ def _add_int8() -> None:
     (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
 
 
+def _add_paired() -> None:
+    """Add the int8-paired golden files (``GENERATE_EXPECTED=paired``, coding mode 5 of 0.3.0): the
+    same crops at K = 8, 64, 1024 and a layered file of the chain 8, 64, 1024; the rest as made."""
+    from vqcodec import progressive
+
+    bundle = zoo.load_model(None)
+    meta = json.loads((GOLDEN / "expected.json").read_text())
+    mode = CodingMode.INT8_PAIRED
+    for photo in PHOTOS:
+        crop = _crop(photo)
+        for k in (8, 64, 1024):
+            name = f"{photo}-k{k}-int8_paired.vqc"
+            data = codec.pack(codec.analyze(crop, bundle, k), bundle, mode)
+            (GOLDEN / name).write_bytes(data)
+            meta["files"][name] = {"map": _record(name, _decode_map(data), bundle), "k": k, "mode": "int8_paired",
+                                   "lossy": False}  # fmt: skip
+    name = "kodim01-layers-int8_paired.vqc"
+    data, _ = progressive.compress(_crop("kodim01"), bundle, (8, 64, 1024), mode)
+    (GOLDEN / name).write_bytes(data)
+    meta["files"][name] = {"map": _record(name, _decode_map(data), bundle), "k": 1024, "mode": "int8_paired",
+                           "lossy": False, "layers": [8, 64, 1024]}  # fmt: skip
+    (GOLDEN / "expected.json").write_text(json.dumps(meta, indent=1))
+
+
 LAYERED = {"kodim01": CodingMode.INT8, "kodim23": CodingMode.INT8, "kodim05": CodingMode.STATIC}
 """Photos of the layered golden files (chain 8, 64, 1024) and their coding mode."""
 
@@ -185,6 +210,8 @@ elif os.environ.get("GENERATE_EXPECTED") == "lossy":
     _remap_lossy()
 elif os.environ.get("GENERATE_EXPECTED") == "layers":
     _add_layers()
+elif os.environ.get("GENERATE_EXPECTED") == "paired":
+    _add_paired()
 
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())["files"]
 EXACT_FILES = sorted(n for n, e in EXPECTED.items() if e["mode"] != "context")
@@ -237,7 +264,7 @@ def test_numpy_reference_gives_the_same_frequencies(name):
     _same_frequencies(net, ref, name, bundle.context_levels)
 
 
-def _same_frequencies(net, ref, name: str, levels: int) -> None:
+def _same_frequencies(net, ref, name: str, levels: int, paired: bool = False) -> None:
     """Every context group of a golden file's map: the production logits (whole tiles and the coder's
     kept rows alike) give the reference's frequencies."""
     k = EXPECTED[name]["k"]
@@ -245,7 +272,7 @@ def _same_frequencies(net, ref, name: str, levels: int) -> None:
     h, w = plane.shape
     visible = np.zeros((h, w), bool)
     idx = torch.from_numpy(plane)
-    for sel in groups_in_order(h, w, levels):
+    for sel in groups_in_order(h, w, levels, paired):
         want = ref.frequencies(ref.map_logits(plane, ~visible, k)[sel])
         full = net.tiled(idx, torch.from_numpy(~visible), k)[torch.from_numpy(sel)]
         fast = net.coding_logits(idx, torch.from_numpy(~visible), k, torch.from_numpy(sel), (0, h))
@@ -292,6 +319,7 @@ def test_encoded_under_limited_instruction_sets_decodes_with_the_full_ones(tmp_p
     jobs = [[str(img), 64, "EXACT", str(tmp_path / "a.vqc"), 0, None],
             [str(img), 1024, "EXACT", str(tmp_path / "b.vqc"), 0, None],
             [str(img), 64, "INT8", str(tmp_path / "d.vqc"), 0, None],
+            [str(img), 1024, "INT8_PAIRED", str(tmp_path / "e.vqc"), 0, None],
             [str(img), 64, "STATIC", str(tmp_path / "c.vqc"), 8, 2]]  # fmt: skip
     limited = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "VQC_THREADS": "1"}
     made = _run(limited, "encoder", jobs)
@@ -397,11 +425,14 @@ def test_tempered_blend_changes_the_vectors_not_the_map():
 def _int8_tensors(bundle):
     from safetensors.numpy import load_file
 
-
     return load_file(bundle.path / zoo.INT8)
 
 
-@pytest.mark.parametrize("name", ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc", "kodim23-layers-int8.vqc"])
+INT8_REFERENCE_FILES = ["kodim05-k64-int8.vqc", "kodim23-k1024-int8.vqc", "kodim23-layers-int8.vqc",
+                        "kodim01-k64-int8_paired.vqc", "kodim13-k8-int8_paired.vqc"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", INT8_REFERENCE_FILES)
 def test_int8_numpy_reference_gives_the_same_frequencies(name):
     """The int8 spec in numpy int64 (tests/int_reference.py) gives every context group's
     frequencies exactly as the production path (torch._int_mm and float32 products)."""
@@ -411,7 +442,7 @@ def test_int8_numpy_reference_gives_the_same_frequencies(name):
     net = context.int8_model(bundle)
     cfg = net.config
     ref = Int8Reference(_int8_tensors(bundle), cfg.sizes, cfg.dim, cfg.depth, cfg.heads, cfg.local)
-    _same_frequencies(net, ref, name, bundle.context_levels)
+    _same_frequencies(net, ref, name, bundle.context_levels, paired=EXPECTED[name]["mode"] == "int8_paired")
 
 
 def test_damaged_int8_model_is_refused(tmp_path):
@@ -460,15 +491,30 @@ def test_recovery_runs_the_int8_fill_model():
     assert method == "masked" and net is bundle.int8_transformer("fill")
 
 
-def test_int8_mode_is_the_default_and_refuses_packets():
+def test_int8_paired_mode_is_the_default_and_the_int8_modes_refuse_packets():
     bundle = zoo.load_model(None)
     enc = codec.analyze(make_image(64, 96, seed=1), bundle, 64)
-    assert codec.best_mode(bundle, 64) == CodingMode.INT8
-    data = codec.pack(enc, bundle, CodingMode.INT8)
-    assert container.read_header(data).mode == CodingMode.INT8
-    assert np.array_equal(codec.unpack(data)[0].indices, enc.indices)
-    with pytest.raises(VqcUsageError, match="whole map"):
-        codec.pack(enc, bundle, CodingMode.INT8, packets=4)
+    assert codec.best_mode(bundle, 64) == CodingMode.INT8_PAIRED
+    for mode in (CodingMode.INT8_PAIRED, CodingMode.INT8):
+        data = codec.pack(enc, bundle, mode)
+        assert container.read_header(data).mode == mode
+        assert np.array_equal(codec.unpack(data)[0].indices, enc.indices)
+        with pytest.raises(VqcUsageError, match="whole map"):
+            codec.pack(enc, bundle, mode, packets=4)
+
+
+def test_paired_and_seven_pass_files_differ_and_neither_reads_as_the_other():
+    """Modes 4 and 5 code the same map from different probabilities (a mode-5 group sees fewer
+    neighbours): a payload read in the other order fails the map checksum, never a wrong map."""
+    from vqcodec import context
+
+    bundle = zoo.load_model(None)
+    enc = codec.analyze(make_image(96, 160, seed=4), bundle, 64)
+    net, tag = codec._int8_net(bundle, 64), context.int8_tag(bundle)
+    for mode, other in ((CodingMode.INT8, True), (CodingMode.INT8_PAIRED, False)):
+        payload = container.unpack(codec.pack(enc, bundle, mode))[1]
+        with pytest.raises(VqcFormatError):
+            context.decode_context(payload, net, 64, 1, 6, 10, tag=tag, levels=bundle.context_levels, paired=other)
 
 
 # -- layered files (format version 4) --------------------------------------------------------------

@@ -77,9 +77,10 @@ def encode(
         codebook: codebook size K, the rate knob (8 ... 1024 for the default model); default 64.
         model: a loaded ``Bundle``, a bundle name or folder; default: the shipped default.
         entropy: "auto" (the integer-exact context model when the bundle has one, else static;
-            static for packetized files), "exact", "static", "context" (the float context model
-            of older files: may not decode on another CPU) or "raw" (fixed-width indices, the
-            paper's uncoded baseline).
+            static for packetized files), "int8-paired" (auto's choice where the int8 model is
+            shipped), "int8" (the same model in 7 passes: files 0.2.0 reads), "exact" (int16),
+            "static", "context" (the float context model of older files: may not decode on
+            another CPU) or "raw" (fixed-width indices, the paper's uncoded baseline).
         packets: packetize for a lossy channel (as ``vqc encode --packets``): a count (16) or a
             target packet size ("200B"). Each packet decodes on its own; lost ones are predicted.
         parity: with ``packets``, R erasure-coded parity packets (0..63): any N of the N + R

@@ -346,10 +346,11 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
 
         net = _context_net(bundle, k, exact=True)
         return context.encode_context(indices, net, k, bundle.exact_tag, bundle.context_levels)
-    if mode == CodingMode.INT8:
+    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
         from vqcodec import context
 
-        return context.encode_context(indices, _int8_net(bundle, k), k, context.int8_tag(bundle), bundle.context_levels)
+        return context.encode_context(indices, _int8_net(bundle, k), k, context.int8_tag(bundle), bundle.context_levels,
+                                      paired=mode == CodingMode.INT8_PAIRED)  # fmt: skip
     raise VqcUsageError(f"coding mode {mode.name} is not supported by this encoder")
 
 
@@ -361,7 +362,7 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
-    if mode == CodingMode.INT8 and shape is not None:
+    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED) and shape is not None:
         from vqcodec import context
 
         try:
@@ -369,7 +370,8 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
         except VqcUsageError as e:
             raise VqcFormatError(f"context-coded file: {e}") from None
         tag = context.int8_tag(bundle)
-        return context.decode_context(payload, net, k, *shape, tag=tag, levels=bundle.context_levels).ravel()
+        return context.decode_context(payload, net, k, *shape, tag=tag, levels=bundle.context_levels,
+                                      paired=mode == CodingMode.INT8_PAIRED).ravel()  # fmt: skip
     if mode in (CodingMode.CONTEXT, CodingMode.EXACT) and shape is not None:
         from vqcodec import context
 
@@ -404,7 +406,7 @@ def best_mode(bundle: Bundle, k: int) -> CodingMode:
         return CodingMode.STATIC
     if k not in bundle.transformer("masked").config.sizes:  # the int8 and int16 models share its config
         return CodingMode.STATIC
-    return CodingMode.INT8 if int8 else CodingMode.EXACT
+    return CodingMode.INT8_PAIRED if int8 else CodingMode.EXACT
 
 
 def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, packets: int = 0,
@@ -423,7 +425,7 @@ def pack(enc: Encoded, bundle: Bundle, mode: CodingMode = CodingMode.STATIC, pac
     header = Header(enc.model_id, k, int(enc.indices.shape[0]), w, h, mode)
     if not packets:
         return container.pack(header, _code(enc.indices, bundle, k, mode))
-    if mode in (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8):
+    if mode in container.CONTEXT_MODES:
         raise VqcUsageError("context coding needs the whole map: use --entropy static with --packets")
     _, hh, ww = enc.indices.shape
     n = max(1, min(int(packets), hh * ww, container.MAX_PACKETS))
@@ -481,19 +483,20 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     """The K a byte budget may choose from: every K, but for forced context coding only those
     with a context model (the others cannot be coded that way at all)."""
     ks = bundle.codebook_sizes
-    if mode not in (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8):
+    if mode not in container.CONTEXT_MODES:
         return ks
     exact = mode == CodingMode.EXACT
+    int8 = mode in (CodingMode.INT8, CodingMode.INT8_PAIRED)
     if bundle.m != 1:
         net = None
-    elif mode == CodingMode.INT8:
+    elif int8:
         from vqcodec import context
 
         net = context.int8_model(bundle)
     else:
         net = bundle.exact_transformer("masked") if exact else bundle.recovery_model
     usable = [k for k in ks if net is not None and k in net.config.sizes]
-    if not usable and mode == CodingMode.INT8:
+    if not usable and int8:
         _int8_net(bundle, ks[0])  # raises the usual "no context model" usage error
     elif not usable:
         _context_net(bundle, ks[0], exact)  # the same for the int16 and float models
@@ -590,8 +593,8 @@ def _rate_model(bundle: Bundle, k: int, mode: CodingMode):
     """What each code costs at each position in coding mode ``mode`` (``effort.RateTable``)."""
     from vqcodec import effort
 
-    if mode == CodingMode.INT8:
-        return effort.context_rate(_int8_net(bundle, k), k, bundle.context_levels)
+    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
+        return effort.context_rate(_int8_net(bundle, k), k, bundle.context_levels, mode == CodingMode.INT8_PAIRED)
     if mode in (CodingMode.EXACT, CodingMode.CONTEXT):
         return effort.context_rate(_context_net(bundle, k, mode == CodingMode.EXACT), k, bundle.context_levels)
     if mode == CodingMode.RAW:

@@ -7,7 +7,8 @@ Layout (all integers little-endian; ``varint`` is unsigned LEB128, at most 3 byt
     3       1       version (1)
     4       4       model id (uint32, from the bundle's manifest)
     8       1       flags: bits 0-2 coding mode (0 static range coding, 1 float context model,
-                    2 raw fixed-width, 3 integer-exact context model, 4 int8 context model: 0.2.0);
+                    2 raw fixed-width, 3 integer-exact context model, 4 int8 context model: 0.2.0,
+                    5 int8 context model with paired groups: 0.3.0);
                     bits 3-7 reserved, must be 0 (a reader older than 0.2.0 refuses mode 4 as a
                     reserved bit, in one line)
     9       varint  K, codebook size (2 .. 65536)
@@ -50,6 +51,11 @@ class CodingMode(IntEnum):
     RAW = 2  # fixed-width ceil(log2 K) bits per index
     EXACT = 3  # range coding with the bundle's integer-exact context model: decodes on every computer
     INT8 = 4  # as EXACT with the int8 copy of that model (0.2.0): integer-exact too, about 3x faster
+    INT8_PAIRED = 5  # as INT8 with each lattice level's two edge cosets in one pass (0.3.0): a third faster
+
+
+CONTEXT_MODES = (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8, CodingMode.INT8_PAIRED)
+"""The modes that code the whole map with a context model (unpacketized files only)."""
 
 
 @dataclass(frozen=True)

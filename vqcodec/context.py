@@ -4,7 +4,10 @@ The map is coded in lattice groups, coarse to fine, each group with all earlier 
 with ``levels=1`` the four cosets of the 2x2 lattice ((0,0), then (1,1), (0,1), (1,0)); with
 ``levels=2`` the (0,0) coset is itself coded as four cosets of the 4x4 lattice first, so only
 1/16 of the indices (not 1/4) is coded with no context: seven groups. One transformer pass per
-group, whatever the image size, so decoding stays parallel and fast.
+group, whatever the image size, so decoding stays parallel and fast. With ``paired`` (coding mode
+``int8-paired``, 0.3.0) the two edge cosets of each level, (0, half) and (half, 0), are one group:
+five groups at ``levels=2``, two full passes fewer (a third of the time) for +0.2-0.3 % bits on
+held-out photos (the model was trained to predict every masked position, not just the next group's).
 
 Three models give the frequencies:
 - the **int8** one (``nets/int8_transformer.Int8Transformer``, coding mode ``int8``, the default
@@ -134,11 +137,22 @@ def group_frequencies(net: IntTransformer, idx: torch.Tensor, visible: torch.Ten
             yield part.numpy().astype(np.int64)
 
 
-def groups_in_order(h: int, w: int, levels: int) -> Iterator[np.ndarray]:
-    """The (h, w) boolean selection of each lattice group, in coding order (empty ones skipped)."""
+def schedule(levels: int, paired: bool = False) -> list[tuple[int, ...]]:
+    """The lattice groups (numbers of ``groups``) coded together in each pass, in coding order:
+    one per pass, or with ``paired`` each level's two edge cosets, (0, half) and (half, 0), in one."""
+    if not paired:
+        return [(g,) for g in range(3 * levels + 1)]
+    out: list[tuple[int, ...]] = [(0,)]
+    for lv in range(levels):
+        out += [(3 * lv + 1,), (3 * lv + 2, 3 * lv + 3)]
+    return out
+
+
+def groups_in_order(h: int, w: int, levels: int, paired: bool = False) -> Iterator[np.ndarray]:
+    """The (h, w) boolean selection of each coding group, in coding order (empty ones skipped)."""
     g = groups(h, w, levels)
-    for grp in range(3 * levels + 1):
-        sel = g == grp
+    for grp in schedule(levels, paired):
+        sel = np.isin(g, grp)
         if sel.any():
             yield sel
 
@@ -164,17 +178,18 @@ def remembering() -> Iterator[None]:
         _MEMO = outer
 
 
-def plane_probabilities(net, plane: np.ndarray, k: int, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(selection, (n, K) coding probabilities) of each lattice group of one (h, w) plane, in
+def plane_probabilities(net, plane: np.ndarray, k: int, levels: int,
+                        paired: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """(selection, (n, K) coding probabilities) of each coding group of one (h, w) plane, in
     coding order: exactly what ``encode_context`` codes the plane with (``remembering`` keeps them)."""
     h, w = plane.shape
-    key = (id(net), k, levels, h, w, np.ascontiguousarray(plane, dtype=np.int64).tobytes())
+    key = (id(net), k, (levels, paired), h, w, np.ascontiguousarray(plane, dtype=np.int64).tobytes())
     if _MEMO is not None and key in _MEMO:
         return _MEMO[key]
     idx = torch.from_numpy(plane.astype(np.int64))
     visible = torch.zeros(h, w, dtype=torch.bool)
     out = []
-    for sel in groups_in_order(h, w, levels):
+    for sel in groups_in_order(h, w, levels, paired):
         out.append((sel, np.concatenate(list(_group_probs(net, idx, visible, sel, k)))))
         visible |= torch.from_numpy(sel)
     if _MEMO is not None:
@@ -190,20 +205,20 @@ def map_checksum(indices: np.ndarray) -> int:
     return binascii.crc_hqx(np.ascontiguousarray(indices, dtype="<u2").tobytes(), 0xFFFF)
 
 
-def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int = 1) -> bytes:
+def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int = 1, paired: bool = False) -> bytes:
     """(m, h, w) indices -> model tag (u16) + CRC-16 of the map (u16) + range-coded words (LE u32)."""
     m, h, w = indices.shape
     enc = constriction.stream.queue.RangeEncoder()
     for j in range(m):
         if _MEMO is not None:  # whole groups, kept for the next pricing or coding of this map
-            for sel, probs in plane_probabilities(net, indices[j], k, levels):
+            for sel, probs in plane_probabilities(net, indices[j], k, levels, paired):
                 vals = indices[j][sel].astype(np.int32)
                 for part in range(0, len(probs), CHUNK):
                     enc.encode(vals[part : part + CHUNK], _Categorical(perfect=False), probs[part : part + CHUNK])
             continue
         plane = torch.from_numpy(indices[j].astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
-        for sel in groups_in_order(h, w, levels):
+        for sel in groups_in_order(h, w, levels, paired):
             vals = indices[j][sel].astype(np.int32)
             done = 0
             for probs in _group_probs(net, plane, visible, sel, k):
@@ -214,7 +229,8 @@ def encode_context(indices: np.ndarray, net, k: int, tag: int = 0, levels: int =
     return struct.pack("<HH", tag, map_checksum(indices)) + words
 
 
-def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int = 0, levels: int = 1) -> np.ndarray:
+def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int = 0, levels: int = 1,
+                   paired: bool = False) -> np.ndarray:  # fmt: skip
     if len(payload) < 4 or (len(payload) - 4) % 4:
         raise VqcFormatError("context-coded payload has a bad length")
     file_tag, crc = struct.unpack("<HH", payload[:4])
@@ -228,7 +244,7 @@ def decode_context(payload: bytes, net, k: int, m: int, h: int, w: int, tag: int
         for j in range(m):
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for sel in groups_in_order(h, w, levels):
+            for sel in groups_in_order(h, w, levels, paired):
                 vals = np.concatenate([np.asarray(dec.decode(_Categorical(perfect=False), probs), dtype=np.int64)
                                        for probs in _group_probs(net, plane, visible, sel, k)])  # fmt: skip
                 out[j][sel] = vals

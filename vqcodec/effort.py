@@ -92,7 +92,7 @@ RateTable = Callable[[np.ndarray], torch.Tensor]
 """(h, w) index map -> (h*w, K) bits of every code at every position, given the map's context."""
 
 
-def context_rate(net, k: int, levels: int) -> RateTable:
+def context_rate(net, k: int, levels: int, paired: bool = False) -> RateTable:
     """Bits from a context model: per group, the coding probabilities given the earlier groups of
     the map (exactly what ``context.encode_context`` codes with)."""
     from vqcodec import context
@@ -100,7 +100,7 @@ def context_rate(net, k: int, levels: int) -> RateTable:
     def table(idx: np.ndarray) -> torch.Tensor:
         h, w = idx.shape
         out = np.zeros((h, w, k), dtype=np.float32)
-        for sel, probs in context.plane_probabilities(net, idx, k, levels):
+        for sel, probs in context.plane_probabilities(net, idx, k, levels, paired):
             out[sel] = -np.log2(probs)
         return torch.from_numpy(out).view(-1, k)
 

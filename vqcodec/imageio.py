@@ -188,10 +188,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sweep: bool = True)
         raise
 
 
+PNG_LEVEL = 3
+"""zlib level of written PNGs: 2.4x faster than Pillow's default 6 on a decoded 768x512 photo (44
+against 107 ms, a sixth of a decode) for a 3 % bigger file (level 1: 33 ms, +4.6 %)."""
+
+
 def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
     """(H, W, 3) uint8 -> the bytes of an image file in ``fmt`` (a Pillow format name)."""
     buf = io.BytesIO()
-    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": PNG_LEVEL} if fmt == "PNG" else {}
     try:
         Image.fromarray(pixels, "RGB").save(buf, format=fmt, **kwargs)
     except (OSError, ValueError, KeyError) as e:

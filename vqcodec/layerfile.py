@@ -7,7 +7,7 @@ Layout (little-endian; ``varint`` is unsigned LEB128)::
     0       3       magic  b"VQC"
     3       1       version (4)
     4       4       model id (uint32)
-    8       1       flags: bits 0-2 coding mode of every layer (0 static, 3 int16 exact, 4 int8);
+    8       1       flags: bits 0-2 coding mode of every layer (0 static, 3 int16 exact, 4 int8, 5 int8-paired);
                     bits 3-7 reserved, 0
     9       1       L, layers declared (2 .. 8)
     .       varint  K_1 < K_2 < ... < K_L, the codebook size of each layer (2 .. 65536)
@@ -36,7 +36,7 @@ from vqcodec.container import LAYER_VERSION, MAGIC, MAX_K, CodingMode, Header, _
 from vqcodec.errors import VqcFormatError, VqcUsageError
 
 MAX_LAYERS = 8
-LAYER_MODES = (CodingMode.STATIC, CodingMode.EXACT, CodingMode.INT8)
+LAYER_MODES = (CodingMode.STATIC, CodingMode.EXACT, CodingMode.INT8, CodingMode.INT8_PAIRED)
 MAX_LENGTH_BYTES = 4
 
 
@@ -67,7 +67,7 @@ def is_layered(data: bytes) -> bool:
 
 def header_bytes(header: Header, sizes: tuple[int, ...], tag: int) -> bytes:
     if header.mode not in LAYER_MODES:
-        raise VqcUsageError(f"layered files are coded with int8, exact or static, not {header.mode.name.lower()}")
+        raise VqcUsageError(f"layered files are coded with int8-paired, int8, exact or static, not {header.mode.name.lower()}")
     if not 2 <= len(sizes) <= MAX_LAYERS or list(sizes) != sorted(set(sizes)) or sizes[0] < 2 or sizes[-1] > MAX_K:
         raise VqcUsageError(f"layers need 2..{MAX_LAYERS} increasing codebook sizes in 2..{MAX_K}, not {sizes}")
     Header(header.model_id, sizes[-1], header.m, header.width, header.height, header.mode).validate()

@@ -167,10 +167,12 @@ def _decode_chunk(dec, parents: np.ndarray, freq: np.ndarray, kids: list[np.ndar
 
 
 def encode_refinement(fine: np.ndarray, coarse: np.ndarray, layer_set: LayerSet, i: int, net=None,
-                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True) -> bytes:  # fmt: skip
+                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True,
+                      paired: bool = False) -> bytes:  # fmt: skip
     """Layer i + 1's (h, w) map given layer i's -> CRC-16 of the map (u16) + range-coded words.
 
-    With ``net`` (an integer-exact context model) in the context coder's group order, each
+    With ``net`` (an integer-exact context model) in the context coder's group order (``paired``:
+    coding mode int8-paired's), each
     position's frequencies those of the single-layer coder for K restricted to its parent's
     children; with ``counts`` (the static table of K) in raster order, for maps of any shape (a
     packet's positions). ``checksum`` False leaves out the CRC-16 (static packets: the static
@@ -186,7 +188,7 @@ def encode_refinement(fine: np.ndarray, coarse: np.ndarray, layer_set: LayerSet,
         h, w = fine.shape
         plane = torch.from_numpy(fine.astype(np.int64))
         visible = torch.zeros(h, w, dtype=torch.bool)
-        for sel in context.groups_in_order(h, w, levels):
+        for sel in context.groups_in_order(h, w, levels, paired):
             vals, par, done = local[fine[sel]], coarse[sel], 0
             for f in context.group_frequencies(net, plane, visible, sel, k):
                 n = len(f)
@@ -198,7 +200,8 @@ def encode_refinement(fine: np.ndarray, coarse: np.ndarray, layer_set: LayerSet,
 
 
 def decode_refinement(payload: bytes, coarse: np.ndarray, layer_set: LayerSet, i: int, net=None,
-                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True) -> np.ndarray:  # fmt: skip
+                      counts: np.ndarray | None = None, levels: int = 1, checksum: bool = True,
+                      paired: bool = False) -> np.ndarray:  # fmt: skip
     """Inverse of ``encode_refinement``: layer i + 1's map. Raises ``VqcFormatError``."""
     if checksum and len(payload) < 2:
         raise VqcFormatError("refinement layer shorter than its checksum")
@@ -214,7 +217,7 @@ def decode_refinement(payload: bytes, coarse: np.ndarray, layer_set: LayerSet, i
             fine = np.zeros((h, w), dtype=np.int64)
             plane = torch.zeros(h, w, dtype=torch.int64)
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for sel in context.groups_in_order(h, w, levels):
+            for sel in context.groups_in_order(h, w, levels, paired):
                 par, parts, done = coarse[sel], [], 0
                 for f in context.group_frequencies(net, plane, visible, sel, k):
                     parts.append(_decode_chunk(dec, par[done : done + len(f)], f, kids))

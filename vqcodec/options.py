@@ -15,7 +15,8 @@ from vqcodec.container import CodingMode
 from vqcodec.errors import VqcUsageError
 
 ENTROPY_CODERS = {"static": CodingMode.STATIC, "exact": CodingMode.EXACT, "int8": CodingMode.INT8,
-                  "context": CodingMode.CONTEXT, "raw": CodingMode.RAW}  # fmt: skip
+                  "int8-paired": CodingMode.INT8_PAIRED, "context": CodingMode.CONTEXT,
+                  "raw": CodingMode.RAW}  # fmt: skip
 """``entropy=`` / ``--entropy`` names; "auto" (None) lets the codec pick per K."""
 MIN_PACKET_BYTES = 16
 
@@ -25,7 +26,8 @@ def coding_mode(entropy: str) -> CodingMode | None:
     if entropy == "auto":
         return None
     if entropy not in ENTROPY_CODERS:
-        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, int8, exact, context or raw")
+        raise VqcUsageError(f"unknown entropy coder {entropy!r}; choose auto, static, int8-paired, int8, exact, context "
+                             "or raw")
     return ENTROPY_CODERS[entropy]
 
 

@@ -22,7 +22,7 @@ from vqcodec.zoo import Bundle
 
 def check(bundle: Bundle, sizes: tuple[int, ...], mode: CodingMode | None) -> tuple[layers.LayerSet, CodingMode]:
     """The bundle's nested books for ``sizes`` and the coding mode of every layer (``mode`` None:
-    int8 where shipped for every K, else the int16 exact model, else static), or a usage error."""
+    int8-paired where the int8 model is shipped for every K, else the int16 exact model, else static), or a usage error."""
     if bundle.m != 1:
         raise VqcUsageError(f"layered files need single-plane index maps; model {bundle.name!r} has m = {bundle.m}")
     for k in sizes:
@@ -32,7 +32,7 @@ def check(bundle: Bundle, sizes: tuple[int, ...], mode: CodingMode | None) -> tu
         modes = {codec.best_mode(bundle, k) for k in sizes}
         mode = modes.pop() if len(modes) == 1 else CodingMode.STATIC
     if mode not in layerfile.LAYER_MODES:
-        raise VqcUsageError(f"layered files are coded with int8, exact or static, not {mode.name.lower()}")
+        raise VqcUsageError(f"layered files are coded with int8-paired, int8, exact or static, not {mode.name.lower()}")
     for k in sizes:
         _coder(bundle, k, mode)  # a model without that coder for some K: the usage error now
     return ls, mode
@@ -40,7 +40,7 @@ def check(bundle: Bundle, sizes: tuple[int, ...], mode: CodingMode | None) -> tu
 
 def _coder(bundle: Bundle, k: int, mode: CodingMode):
     """(integer context model, None) for the context modes, (None, static counts) for static."""
-    if mode == CodingMode.INT8:
+    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
         return codec._int8_net(bundle, k), None
     if mode == CodingMode.EXACT:
         return codec._context_net(bundle, k, exact=True), None
@@ -60,7 +60,7 @@ def pack(encs: list[Encoded], bundle: Bundle, ls: layers.LayerSet, sizes: tuple[
     for i in range(1, len(sizes)):
         net, counts = _coder(bundle, sizes[i], mode)
         payloads.append(layers.encode_refinement(encs[i].indices[0], encs[i - 1].indices[0], ls, i - 1, net, counts,
-                                                 bundle.context_levels))  # fmt: skip
+                                                 bundle.context_levels, paired=mode == CodingMode.INT8_PAIRED))  # fmt: skip
     w, h = encs[0].image_size
     header = Header(bundle.model_id, sizes[-1], 1, w, h, mode)
     return layerfile.pack_layers(header, sizes, ls.tag, payloads)
@@ -141,7 +141,8 @@ def unpack(data: bytes, model: Bundle | str | None, max_pixels: int) -> tuple[En
         for i in range(1, scan.complete):
             net, counts = _coder(bundle, sizes[i], header.mode)
             maps.append(layers.decode_refinement(scan.payloads[i], maps[-1], ls, i - 1, net, counts,
-                                                 bundle.context_levels))  # fmt: skip
+                                                 bundle.context_levels,
+                                                 paired=header.mode == CodingMode.INT8_PAIRED))  # fmt: skip
     except VqcUsageError as e:
         raise VqcFormatError(f"layered file: {e}") from None
     n = len(maps)
