@@ -118,10 +118,15 @@ def worker(args) -> dict:
 
     t = time.perf_counter()
     bundle = zoo.load_model(args.model)
-    nets = [bundle.exact_transformer(kind) for kind in ("masked", "fill") if bundle.has_exact(kind)]
+    for kind in ("masked", "fill"):  # the context and recovery models the tree's default path runs
+        if getattr(bundle, "has_int8", lambda _: False)(kind):  # 0.2.0 on: the int8 copies
+            bundle.int8_transformer(kind)
+        elif bundle.has_exact(kind):
+            bundle.exact_transformer(kind)
     if (args.worker / "vqcodec/nets/openvino_engine.py").exists():  # 0.3.0: compiling the pixel networks
         importlib.import_module("vqcodec.nets.openvino_engine").prepare(bundle.model)  # is part of the load
     load_s = time.perf_counter() - t
+    nets = [bundle.exact_transformer(kind) for kind in ("masked", "fill") if bundle.has_exact(kind)]  # to time
     mode = codec.best_mode(bundle, args.k) if args.mode == "default" else CodingMode[args.mode.upper()]
     from vqcodec import context
 
