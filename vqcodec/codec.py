@@ -203,6 +203,21 @@ def _on_device(bundle: Bundle, dev: torch.device, run: Callable | None = None):
         raise VqcImageError(f"the image does not fit in the memory of {dev}: use --device cpu") from None
 
 
+def _tile_runner(model, part: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """OpenVINO for a big photo's full-resolution layers on a tile (``openvino_engine.TILE_PARTS``),
+    its output in the dtype and layout PyTorch's layers give (bf16 under the bf16 autocast), so
+    that the PyTorch layers between them see what they would; None keeps PyTorch."""
+    run = openvino_engine.runner(model, part)
+    if run is None:
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+
+    def tile(x: torch.Tensor) -> torch.Tensor:
+        return run(x).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    return tile
+
+
 @torch.inference_mode()
 def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
     """(H, W, 3) uint8 -> the encoder's latent of the image padded to the stride."""
@@ -221,7 +236,8 @@ def encode_latent(pixels: np.ndarray, bundle: Bundle) -> Latent:
             from vqcodec.nets import streamed
 
             image = torch.from_numpy(padded).permute(2, 0, 1)[None]  # uint8, converted tile by tile
-            z = streamed.encode_latent(model, image, progress=_tracker("encoding", pw * ph)).float()
+            z = streamed.encode_latent(model, image, progress=_tracker("encoding", pw * ph),
+                                       head=_tile_runner(model, "head")).float()  # fmt: skip
         elif (fast := openvino_engine.runner(model, "encoder")) is not None:
             z = fast(_to_tensor(padded))
         else:
@@ -307,7 +323,8 @@ def synthesize(enc: Encoded, bundle: Bundle) -> np.ndarray:
         if streams(bundle, pw, ph):
             from vqcodec.nets import streamed
 
-            image = streamed.decode_latent(model, z, progress=_tracker("decoding", pw * ph // 64))
+            image = streamed.decode_latent(model, z, progress=_tracker("decoding", pw * ph // 64),
+                                           tail=_tile_runner(model, "tail"))  # fmt: skip
             return image[0, :, :h, :w].permute(1, 2, 0).contiguous().numpy()
         fast = openvino_engine.runner(model, "decoder")
         x = fast(z) if fast is not None else model.decode_latent(z).float()

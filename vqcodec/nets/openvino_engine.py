@@ -19,6 +19,11 @@ agree within +-1 is measured on PyTorch's fp32 path), an instruction set limited
 ``DNNL_MAX_CPU_ISA`` or ``ATEN_CPU_CAPABILITY``, and any failure to convert, save or compile
 (a read-only cache is converted in memory once per process). Only the taef2 backbone runs here: the
 vqgan backbone's shipped outputs stay bit-for-bit what they were.
+
+Big photos (run in tiles by ``nets/streamed``) take their full-resolution layers from here too, one
+tile at a time (``TILE_PARTS``: TAEF2's encoder before its first pool block, its decoder after its
+last; converted the same way, with free height and width); the layers between them, whose
+GroupNorms need the whole map's statistics, stay in PyTorch.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ import torch
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 PARTS = ("encoder", "decoder")
+"""The whole networks (photos up to ``codec.STREAM_PIXELS``)."""
+TILE_PARTS = ("head", "tail")
+"""Big photos' full-resolution layers, run tile by tile (``streamed.head_modules`` / ``tail_modules``):
+the encoder before its first pool block, the decoder after its last; the rest stays in PyTorch."""
 LIMITS = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 """Variables that hold PyTorch's kernels to a smaller instruction set (portability checks, old CPUs)."""
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -97,12 +106,28 @@ class Part(torch.nn.Module):
 
     def __init__(self, model, part: str) -> None:
         super().__init__()
-        if part not in PARTS:
+        if part not in PARTS + TILE_PARTS:
             raise ValueError(part)
         self.model, self.part = model, part
+        if part in TILE_PARTS:
+            from vqcodec.nets import streamed
+
+            layers = streamed.head_modules(model) if part == "head" else streamed.tail_modules(model)
+            self.layers = torch.nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part in TILE_PARTS:
+            return self.layers(x)
         return self.model.encode_latent(x) if self.part == "encoder" else self.model.decode_latent(x)
+
+    def example(self) -> torch.Tensor:
+        """An input of the right channels (height and width are free in the converted model)."""
+        if self.part == "encoder":
+            return torch.zeros(1, 3, 4 * self.model.stride, 4 * self.model.stride)
+        if self.part == "decoder":
+            return torch.zeros(1, self.model.config.embed_dim, 4, 4)
+        first = next(m for m in self.layers.modules() if isinstance(m, torch.nn.Conv2d))
+        return torch.zeros(1, first.in_channels, 32 if self.part == "head" else 8, 32 if self.part == "head" else 8)
 
 
 def _convert(model, part: str):
@@ -110,12 +135,12 @@ def _convert(model, part: str):
     import openvino as ov
 
     net = Part(model, part)
-    channels, side = (3, 4 * model.stride) if part == "encoder" else (model.config.embed_dim, 4)
-    example = torch.zeros(1, channels, side, side)
+    example = net.example()
     # traced in float32 even when the first photo asks for it inside the codec's bf16 autocast
     # (traced under autocast, the graph holds autocast ops that OpenVINO cannot convert)
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        return ov.convert_model(net.eval(), example_input=example, input=[ov.PartialShape([1, channels, -1, -1])])
+        return ov.convert_model(net.eval(), example_input=example,
+                                input=[ov.PartialShape([1, example.shape[1], -1, -1])])  # fmt: skip
 
 
 def _ir(model, part: str):
@@ -141,7 +166,8 @@ def _ir(model, part: str):
 
 def runner(model, part: str) -> Runner | None:
     """A function running ``model``'s ``part`` ("encoder": image -> latent, "decoder": latent ->
-    image) on OpenVINO, or None where PyTorch should (``wanted``, or any failure)."""
+    image; "head" / "tail": a big photo's full-resolution layers on one tile, ``TILE_PARTS``) on
+    OpenVINO, or None where PyTorch should (``wanted``, or any failure)."""
     if not wanted(model):
         return None
     from vqcodec.nets.autoencoder import native_bf16

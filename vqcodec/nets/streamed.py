@@ -17,7 +17,10 @@ sky inside the photo. Here nothing is approximated:
 Peak memory is then a few maps at 1/8 resolution (128 channels: about 100 MB per 12 MP in bf16)
 plus one tile's full-resolution activations, and the output equals the untiled network's up to
 floating-point rounding (tests/test_streamed.py). Same precision as the untiled path: call inside
-``model.autocast()``.
+``model.autocast()``. The codec runs the full-resolution layers of each tile on OpenVINO
+(``head`` / ``tail``, from ``openvino_engine.TILE_PARTS``) where it runs the whole networks there:
+the same layers, so the result agrees with the whole network within the precision, as the whole
+networks on the two engines do; with ``VQC_ENGINE=torch`` tiled and whole are the same file.
 """
 
 from __future__ import annotations
@@ -128,9 +131,10 @@ def _tile(x: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
 
 
 def local(modules: list[nn.Module], x: torch.Tensor, tile: int = LOW_TILE, pre: Fn | None = None,
-          post: Fn | None = None, progress: Progress = None) -> torch.Tensor:  # fmt: skip
-    """Run a purely local stack of layers (``pre`` and ``post`` elementwise) tile by tile."""
-    seq = nn.Sequential(*modules)
+          post: Fn | None = None, progress: Progress = None, run: Fn | None = None) -> torch.Tensor:  # fmt: skip
+    """Run a purely local stack of layers (``pre`` and ``post`` elementwise) tile by tile; ``run``,
+    when given, computes ``modules`` on a tile instead (another engine: the same layers)."""
+    seq = run or nn.Sequential(*modules)
     scale = _scale(modules)
 
     def fn(t: torch.Tensor) -> torch.Tensor:
@@ -241,32 +245,44 @@ def _run(modules: list[nn.Module], x: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the autoencoder
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The encoder's full-resolution layers: TAEF2's encoder before its first pool block (local)."""
+    taef2 = list(model.encoder.taef2)
+    return taef2[: next(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None)]
+
+
+def tail_modules(model: nn.Module) -> list[nn.Module]:
+    """The decoder's full-resolution layers: TAEF2's decoder after its last pool block (local)."""
+    taef2 = list(model.decoder.taef2)
+    return taef2[max(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None) + 1 :]
+
+
 def encode_latent(model: nn.Module, image: torch.Tensor, tile: int | None = None, low_tile: int | None = None,
-                  progress: Progress = None) -> torch.Tensor:  # fmt: skip
+                  progress: Progress = None, head: Fn | None = None) -> torch.Tensor:  # fmt: skip
     """(1, 3, H, W) uint8 image (H, W multiples of the stride) -> the pre-quantization latent,
     as ``model.encode_latent`` of the image in [-1, 1] gives it. ``tile``/``low_tile``: default
-    ``FULL_TILE``/``LOW_TILE``."""
+    ``FULL_TILE``/``LOW_TILE``. ``head``: runs ``head_modules`` on a tile in another engine."""
     tile, low_tile = tile or FULL_TILE, low_tile or LOW_TILE
     enc = model.encoder
     taef2 = list(enc.taef2)
-    first_pool = next(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None)
-    head = taef2[:first_pool]
+    first = head_modules(model)
 
     def pixels(t: torch.Tensor) -> torch.Tensor:  # the untiled path's conversions, op for op
         x = t.float() / 127.5 - 1.0
         return (x * 0.5 + 0.5).contiguous(memory_format=torch.channels_last)
 
-    f = local(head, image, tile, pre=pixels, progress=progress)
-    lat = _run(taef2[first_pool:], f, low_tile)
+    f = local(first, image, tile, pre=pixels, progress=progress, run=head)
+    lat = _run(taef2[len(first) :], f, low_tile)
     del f
     h = _run([enc.conv_in, enc.block0, enc.downsample, enc.block1], lat, low_tile)
     return norm_silu(enc.norm_out, h, [enc.conv_out, model.quant_conv], low_tile)
 
 
 def decode_latent(model: nn.Module, z: torch.Tensor, tile: int | None = None, low_tile: int | None = None,
-                  progress: Progress = None) -> torch.Tensor:  # fmt: skip
+                  progress: Progress = None, tail: Fn | None = None) -> torch.Tensor:  # fmt: skip
     """Quantized latent (1, d, h, w) -> (1, 3, 16h, 16w) uint8 image, as ``model.decode_latent``
-    followed by the codec's rounding gives it."""
+    followed by the codec's rounding gives it. ``tail``: runs ``tail_modules`` on a tile in
+    another engine."""
     tile, low_tile = tile or FULL_TILE, low_tile or LOW_TILE
     dec = model.decoder
     h = _run([model.post_quant_conv, dec.conv_in, dec.block1], z, low_tile)
@@ -275,15 +291,15 @@ def decode_latent(model: nn.Module, z: torch.Tensor, tile: int | None = None, lo
     lat = norm_silu(dec.norm_out, h, [dec.conv_out], low_tile)
     del h
     taef2 = list(dec.taef2)
-    last_pool = max(i for i, m in enumerate(taef2) if isinstance(m, Block) and m.pool is not None)
-    f = _run(taef2[: last_pool + 1], lat, low_tile)
-    tail = taef2[last_pool + 1 :]
+    last = tail_modules(model)
+    f = _run(taef2[: len(taef2) - len(last)], lat, low_tile)
 
     def pixels(t: torch.Tensor) -> torch.Tensor:  # render (x 2 - 1) and the codec's rounding, op for op
         x = (t * 2.0 - 1.0).float()
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
-    return local(tail, f, max(1, int(tile / _scale(tail))), post=pixels, progress=progress)
+    return local(last, f, max(1, int(tile / _scale(last))), post=pixels, progress=progress, run=tail)
 
 
-__all__ = ["FULL_TILE", "LOW_TILE", "decode_latent", "encode_latent", "group_stats", "reach", "tiled"]
+__all__ = ["FULL_TILE", "LOW_TILE", "decode_latent", "encode_latent", "group_stats", "head_modules", "reach",
+           "tail_modules", "tiled"]
