@@ -79,7 +79,7 @@ LEVELS: dict[int, Settings] = {  # one per level 1 .. MAX_EFFORT
 """What each effort level spends: gradient steps through the decoder (a step, its decoder and
 LPIPS-VGG passes forward and back, about 2 s for a 768x512 photo on 2 cores) and their step size,
 chosen on held-out photos. Level 2 (one step, its map taken unmeasured) is the middle level of
-0.3.0: half the top level's LPIPS gain at K=64 in about 4 s; the two-step level it
+0.3.0: 40-50 % of the top level's LPIPS gain at K=64 in about 4 s; the two-step level it
 replaced is now level 3, and the four-step one level 4."""
 
 
