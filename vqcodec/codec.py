@@ -363,7 +363,7 @@ def _code(indices: np.ndarray, bundle: Bundle, k: int, mode: CodingMode) -> byte
 
         net = _context_net(bundle, k, exact=True)
         return context.encode_context(indices, net, k, bundle.exact_tag, bundle.context_levels)
-    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
+    if mode in container.INT8_MODES:
         from vqcodec import context
 
         return context.encode_context(indices, _int8_net(bundle, k), k, context.int8_tag(bundle), bundle.context_levels,
@@ -379,7 +379,7 @@ def _uncode(payload: bytes, bundle: Bundle, k: int, mode: CodingMode, count: int
         return entropy.decode_static(payload, bundle.table(k), count)
     if mode == CodingMode.RAW:
         return entropy.decode_raw(payload, k, count)
-    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED) and shape is not None:
+    if mode in container.INT8_MODES and shape is not None:
         from vqcodec import context
 
         try:
@@ -503,7 +503,7 @@ def budget_sizes(bundle: Bundle, mode: CodingMode | None) -> list[int]:
     if mode not in container.CONTEXT_MODES:
         return ks
     exact = mode == CodingMode.EXACT
-    int8 = mode in (CodingMode.INT8, CodingMode.INT8_PAIRED)
+    int8 = mode in container.INT8_MODES
     if bundle.m != 1:
         net = None
     elif int8:
@@ -610,7 +610,7 @@ def _rate_model(bundle: Bundle, k: int, mode: CodingMode):
     """What each code costs at each position in coding mode ``mode`` (``effort.RateTable``)."""
     from vqcodec import effort
 
-    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
+    if mode in container.INT8_MODES:
         return effort.context_rate(_int8_net(bundle, k), k, bundle.context_levels, mode == CodingMode.INT8_PAIRED)
     if mode in (CodingMode.EXACT, CodingMode.CONTEXT):
         return effort.context_rate(_context_net(bundle, k, mode == CodingMode.EXACT), k, bundle.context_levels)

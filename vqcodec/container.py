@@ -54,7 +54,9 @@ class CodingMode(IntEnum):
     INT8_PAIRED = 5  # as INT8 with each lattice level's two edge cosets in one pass (0.3.0): a third faster
 
 
-CONTEXT_MODES = (CodingMode.CONTEXT, CodingMode.EXACT, CodingMode.INT8, CodingMode.INT8_PAIRED)
+INT8_MODES = (CodingMode.INT8, CodingMode.INT8_PAIRED)
+"""The modes of the int8 context model (they differ only in the order of the groups)."""
+CONTEXT_MODES = (CodingMode.CONTEXT, CodingMode.EXACT, *INT8_MODES)
 """The modes that code the whole map with a context model (unpacketized files only)."""
 
 

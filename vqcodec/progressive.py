@@ -14,7 +14,7 @@ import torch
 
 from vqcodec import codec, interleave, layerfile, layerpackets, layers, recovery
 from vqcodec.codec import Encoded, LossReport
-from vqcodec.container import MAX_PACKETS, CodingMode, Header
+from vqcodec.container import INT8_MODES, MAX_PACKETS, CodingMode, Header
 from vqcodec.errors import VqcBudgetError, VqcFormatError, VqcModelError, VqcUsageError
 from vqcodec.fileinfo import _latent_hw
 from vqcodec.zoo import Bundle
@@ -40,7 +40,7 @@ def check(bundle: Bundle, sizes: tuple[int, ...], mode: CodingMode | None) -> tu
 
 def _coder(bundle: Bundle, k: int, mode: CodingMode):
     """(integer context model, None) for the context modes, (None, static counts) for static."""
-    if mode in (CodingMode.INT8, CodingMode.INT8_PAIRED):
+    if mode in INT8_MODES:
         return codec._int8_net(bundle, k), None
     if mode == CodingMode.EXACT:
         return codec._context_net(bundle, k, exact=True), None
