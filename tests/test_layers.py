@@ -200,6 +200,56 @@ def test_layer_set_checks_its_tables():
         layers.LayerSet((8, 4), (np.zeros(4, int),), (book, torch.randn(4, 4)), (1.0, 1.0))
 
 
+def test_draw_books_must_fit_the_books():
+    books = (torch.randn(4, 4), torch.randn(8, 4))
+    with pytest.raises(ValueError, match="draw books"):
+        layers.LayerSet((4, 8), (np.arange(8) % 4,), books, (1.0, 1.0), draw=(torch.randn(4, 3), books[1]))
+    ls = layers.LayerSet((4, 8), (np.arange(8) % 4,), books, (1.0, 1.0))
+    assert ls.draw_books is ls.books
+
+
+def test_flat_draw_changes_the_coarse_picture_not_the_maps(tiny_bundle_dir, tmp_path):
+    """Nested books fit on the tiny bundle and drawn with their refit vectors; then switched to
+    the flat books' vectors (``vqc train-layers --draw-only --draw flat``): the maps, the bits and
+    the tag stay, so a file written before decodes the same map, and its coarse layer is drawn
+    with the flat K=8 book."""
+    import dataclasses
+    import shutil
+
+    from vqcodec.train import layers as train_layers
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle_dir, folder)
+    bundle = load_model(folder)
+    torch.manual_seed(0)
+    latents = torch.cat([bundle.model.quantize.parts(codec.encode_latent(make_image(64, 96, s), bundle).z)[0]
+                         for s in range(4)])  # fmt: skip
+    ls, _ = train_layers.fit(bundle, latents, (8, 64), (1.0, 1.0), iters=2)
+    train_layers.save(folder, ls, {"photos": 4, "draw": "books"})
+    first = load_model(folder)
+    assert first.layer_set((8, 64)).draw is None
+    img = make_image(64, 96, seed=9)
+    old_file, before = progressive.compress(img, first, (8, 64))
+    assert torch.equal(before[0].book, ls.books[0])
+    train_layers.main(["--model", str(folder), "--sizes", "8,64", "--draw-only", "--draw", "flat"])
+    again = load_model(folder)
+    flat = again.layer_set((8, 64))
+    assert flat.tag == first.layer_set((8, 64)).tag  # the books' file, hence the tag written into files, unchanged
+    assert flat.draw_books[0] is again.codebook(8) and flat.draw_books[1] is again.codebook(64)
+    assert again.manifest["layers"]["8,64"]["photos"] == 4  # the fit's record kept
+    data, after = progressive.compress(img, again, (8, 64))
+    assert data == old_file  # same maps, same bits
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(a.indices, b.indices)
+    prefix = codec.unpack_any(data[: layerfile.scan_layers(data).ends[0]], again)[0]
+    assert prefix.book is again.codebook(8)
+    drawn = codec.synthesize(prefix, again)
+    refit = codec.synthesize(dataclasses.replace(prefix, book=ls.books[0]), again)
+    assert drawn.shape == refit.shape and not np.array_equal(drawn, refit)
+    with pytest.raises(SystemExit):
+        train_layers.main(["--model", str(folder), "--sizes", "8,32", "--draw-only"])
+
+
 def test_pillow_opens_a_layered_file(small_file, tmp_path):
     from PIL import Image
 

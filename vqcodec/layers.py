@@ -39,14 +39,20 @@ class LayerSet:
     """A chain of nested codebooks: ``sizes`` K_1 < ... < K_L, ``parents[i]`` the (K_{i+2},) parent
     in layer i + 1 of every code of layer i + 2 (0-based: ``parents[0]`` maps layer-2 codes to
     layer-1 codes), ``books`` one book per layer (what ``quantize.dequantize`` takes), ``weights``
-    the encoder's weight on each layer's match when it chooses the nested maps (``select``), and
-    ``tag`` 16 bits of the shipped file's sha256, written into layered files."""
+    the encoder's weight on each layer's match when it chooses the nested maps (``select``),
+    ``tag`` 16 bits of the shipped file's sha256, written into layered files, and ``draw`` the
+    vectors each layer's picture is drawn with where they differ from the books the maps are
+    chosen with: the flat books of the same K (a bundle's ``"draw": "flat"``). The fit keeps code
+    identities, so a coarse code's flat vector is the one the decoder was trained on, while its
+    refit vector is a mean of latents: the better one to choose maps with, the worse one to draw
+    (docs/history.md). The maps, hence the bits and the tag, stay those of ``books``."""
 
     sizes: tuple[int, ...]
     parents: tuple[np.ndarray, ...]
     books: tuple[torch.Tensor, ...]
     weights: tuple[float, ...]
     tag: int = 0
+    draw: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.sizes)
@@ -60,6 +66,13 @@ class LayerSet:
         for k, b in zip(self.sizes, self.books, strict=True):
             if b.ndim != 2 or b.shape[0] != k:
                 raise ValueError(f"book of layer K={k} has shape {tuple(b.shape)}")
+        if self.draw is not None and [tuple(b.shape) for b in self.draw] != [tuple(b.shape) for b in self.books]:
+            raise ValueError("a layer set's draw books must have the shapes of its books")
+
+    @property
+    def draw_books(self) -> tuple[torch.Tensor, ...]:
+        """The vectors each layer's picture is drawn with (``draw``, else the books themselves)."""
+        return self.books if self.draw is None else self.draw
 
     @property
     def name(self) -> str:

@@ -51,7 +51,7 @@ def maps_for(latent: codec.Latent, bundle: Bundle, ls: layers.LayerSet, n: int) 
     """The first ``n`` nested maps of ``ls`` for a latent, each an ``Encoded`` with its layer's book."""
     maps = layers.select(latent.z, bundle.model.quantize, ls)[:n]
     return [Encoded(m[None].astype(np.int64), latent.image_size, latent.padded_size, k, bundle.model_id, book=b)
-            for m, k, b in zip(maps, ls.sizes, ls.books, strict=False)]  # fmt: skip
+            for m, k, b in zip(maps, ls.sizes, ls.draw_books, strict=False)]  # fmt: skip
 
 
 def pack(encs: list[Encoded], bundle: Bundle, ls: layers.LayerSet, sizes: tuple[int, ...], mode: CodingMode) -> bytes:
@@ -148,7 +148,7 @@ def unpack(data: bytes, model: Bundle | str | None, max_pixels: int) -> tuple[En
     n = len(maps)
     padded = (ww * bundle.stride, hh * bundle.stride)
     enc = Encoded(maps[-1][None], (header.width, header.height), padded, sizes[n - 1], header.model_id,
-                  book=ls.books[n - 1])  # fmt: skip
+                  book=ls.draw_books[n - 1])  # fmt: skip
     return enc, bundle, LossReport(layers=sizes, layers_decoded=n, layer_problem=scan.problem)
 
 
@@ -215,24 +215,24 @@ def unpack_packets(data: bytes, model: Bundle | str | None, max_pixels: int,
     missing = depth < 0
     base = maps[0][None]
     method, net, label = codec._recovery_choice(bundle, method, bool(missing.any()))
-    base, soft = recovery.recover_soft(base, missing, q.plane_codes(ls.books[0]), bundle.table(sizes[0]).counts,
+    base, soft = recovery.recover_soft(base, missing, q.plane_codes(ls.draw_books[0]), bundle.table(sizes[0]).counts,
                                        method, q.plane_cosine, net, sizes[0])  # fmt: skip
     top = len(sizes) - 1
     holes = depth < top
-    vectors = torch.zeros(int(holes.sum()), q.codes(ls.books[0]).shape[1])
+    vectors = torch.zeros(int(holes.sum()), q.codes(ls.draw_books[0]).shape[1])
     hole_depth = depth[holes]
     for i in range(top):
         at = hole_depth == i
-        vectors[torch.from_numpy(at)] = q.codes(ls.books[i]).float()[torch.from_numpy(maps[i][holes][at])]
+        vectors[torch.from_numpy(at)] = q.codes(ls.draw_books[i]).float()[torch.from_numpy(maps[i][holes][at])]
     lost = hole_depth < 0
     if lost.any():
-        recovered = q.codes(ls.books[0]).float()[torch.from_numpy(base[0][holes][lost])]
+        recovered = q.codes(ls.draw_books[0]).float()[torch.from_numpy(base[0][holes][lost])]
         if soft is not None:
             recovered = soft[torch.from_numpy(holes)][torch.from_numpy(lost)].float()
         vectors[torch.from_numpy(lost)] = recovered
     padded = (ww * bundle.stride, hh * bundle.stride)
     enc = Encoded(np.where(holes, 0, maps[top])[None], (header.width, header.height), padded, sizes[top],
-                  header.model_id, (holes, vectors.numpy()) if holes.any() else None, book=ls.books[top])  # fmt: skip
+                  header.model_id, (holes, vectors.numpy()) if holes.any() else None, book=ls.draw_books[top])  # fmt: skip
     lost_packets = tuple(sorted(set(range(n)) - set(scan.layers[0].payloads)))
     report = LossReport(n, lost_packets, scan.damaged, scan.duplicates, int(missing.sum()), hh * ww, label,
                         scan.layers[0].parity, scan.layers[0].parity_arrived, scan.layers[0].rebuilt,

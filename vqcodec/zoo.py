@@ -192,9 +192,13 @@ class Bundle:
                 t = load_file(_verified(self.path, self.manifest, LAYERS))
                 books = tuple(t[f"{name}.book.{k}"].float() for k in full[:-1]) + (self.codebook(full[-1]),)
                 parents = tuple(t[f"{name}.parent.{k}"].numpy().astype(np.int64) for k in full[1:])
-                weights = tuple(float(w) for w in self.manifest["layers"][",".join(map(str, full))]["weights"])
+                record = self.manifest["layers"][",".join(map(str, full))]
+                weights = tuple(float(w) for w in record["weights"])
                 tag = int(self.manifest["files"][LAYERS][:4], 16)
-                self._transformers[key] = LayerSet(full, parents, books, weights, tag)
+                draw = None
+                if record.get("draw", "books") == "flat":  # coarse layers drawn with the flat books' vectors
+                    draw = tuple(self.codebook(k) for k in full)
+                self._transformers[key] = LayerSet(full, parents, books, weights, tag, draw)
             except VqcModelError:
                 raise
             except Exception as e:  # noqa: BLE001 - a damaged bundle must not surface as a traceback
