@@ -38,6 +38,7 @@ def test_the_default_model_ships_the_chain(gan2):
     ls = gan2.layer_set(CHAIN)
     assert ls.sizes == CHAIN and len(ls.weights) == 3
     assert ls.books[-1] is gan2.codebook(1024)  # the top layer is the single-layer book
+    assert ls.draw_books[0] is gan2.codebook(8)  # coarse layers drawn with the flat books (manifest "draw": "flat")
     for i, kids in enumerate(ls.children):  # a tree: every fine code under exactly one parent
         assert sorted(np.concatenate(kids).tolist()) == list(range(CHAIN[i + 1]))
 
@@ -67,7 +68,7 @@ def test_each_prefix_decodes_its_own_layer(gan2):
         enc, _, report = codec.unpack_any(data[:end])
         assert report.layers_decoded == n and enc.codebook_size == CHAIN[n - 1]
         assert np.array_equal(enc.indices, encs[n - 1].indices)
-        assert enc.book is gan2.layer_set(CHAIN).books[n - 1]
+        assert enc.book is gan2.layer_set(CHAIN).draw_books[n - 1]
         assert codec.synthesize(enc, gan2).shape == img.shape
 
 
@@ -348,7 +349,7 @@ def test_lost_refinement_packets_fall_back_to_the_parent(packet_file, gan2):
     mask, vectors = enc.hole_latents
     assert np.array_equal(mask, lost)
     ls = gan2.layer_set(CHAIN)
-    want = gan2.model.quantize.codes(ls.books[1]).float()[torch.from_numpy(encs[1].indices[0][lost])]
+    want = gan2.model.quantize.codes(ls.draw_books[1]).float()[torch.from_numpy(encs[1].indices[0][lost])]
     assert torch.allclose(torch.from_numpy(vectors), want)
     assert np.array_equal(enc.indices[0][~lost], encs[2].indices[0][~lost])
 
