@@ -139,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         if sizes not in bundle.layer_sets():
             ap.error(f"--draw-only: {bundle.name} has no nested books for {args.sizes}")
         manifest = zoo._read_manifest(bundle.path)
-        manifest["layers"][",".join(map(str, sizes))]["draw"] = args.draw
+        entry = manifest["layers"][",".join(map(str, sizes))]
+        entry["draw"] = args.draw
         zoo.write_manifest(bundle.path, manifest)
-        print(json.dumps(manifest["layers"][",".join(map(str, sizes))], indent=1))
+        print(json.dumps(entry, indent=1))
         return
     t0 = time.time()
     torch.manual_seed(0)
