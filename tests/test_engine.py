@@ -38,6 +38,7 @@ def _both(bundle, img: np.ndarray, k: int, monkeypatch) -> tuple:
 
 
 def test_openvino_draws_what_pytorch_draws(gan2, monkeypatch, engine_cache):
+    monkeypatch.setenv("VQC_INT8", "0")  # the int8 decoder is checked on its own below
     img = make_image(128, 192, seed=3)
     assert engine.prepare(gan2.model), engine.FAILURES
     idx, pic, idx_t, pic_t = _both(gan2, img, 64, monkeypatch)
@@ -107,6 +108,7 @@ def test_big_photos_run_their_full_resolution_layers_on_openvino(gan2, monkeypat
     within the precision, as the whole networks on the two engines do."""
     from vqcodec.nets import streamed
 
+    monkeypatch.setenv("VQC_INT8", "0")  # tiles stay in bf16: compare like with like
     img = make_image(96, 160, seed=5)
     whole = codec.analyze(img, gan2, 64)
     pic = codec.synthesize(whole, gan2)
@@ -126,3 +128,62 @@ def test_big_photos_run_their_full_resolution_layers_on_openvino(gan2, monkeypat
     assert (tiled.indices == whole.indices).mean() >= 0.95
     mse = ((pic.astype(np.float64) - pic_t) ** 2).mean()
     assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 38
+
+
+def test_the_int8_decoder_spec_travels_with_the_bundle_and_fits_its_weights(gan2, monkeypatch):
+    spec = gan2.model.pixels_int8
+    assert spec is not None and spec["digest"] == engine.digest(gan2.model)
+    assert len(spec["activations"]) > 0 and len(spec["weights"]) > 0
+    assert engine.int8_wanted(gan2.model, "decoder") == engine._cpu_has(engine.INT8_FLAGS)
+    assert not engine.int8_wanted(gan2.model, "encoder")  # the index map's network stays bf16
+    monkeypatch.setenv("VQC_INT8", "0")
+    assert not engine.int8_wanted(gan2.model, "decoder")
+    monkeypatch.delenv("VQC_INT8")
+    monkeypatch.setitem(spec, "digest", "0" * 16)  # calibrated for other weights: not used
+    assert not engine.int8_wanted(gan2.model, "decoder")
+
+
+def test_int8_decoder_draws_nearly_the_bf16_picture(gan2, engine_cache):
+    """The spec's quantisers go where it says (one per activation entry, int8 weights for each
+    named convolution) and the picture moves by int8 noise, not more (on Kodak: 32-33 dB, LPIPS
+    and DISTS within +0.004, docs/results.md)."""
+    import openvino as ov
+
+    from vqcodec.nets import int8_pixels
+
+    spec = gan2.model.pixels_int8
+    net = int8_pixels.apply(engine.float_ir(gan2.model, "decoder"), spec)
+    kinds = [(op.get_type_name(), op.get_output_element_type(0)) for op in net.get_ordered_ops()]
+    assert sum(k == "FakeQuantize" for k, _ in kinds) == len(spec["activations"])
+    assert sum(k == "Constant" and t == ov.Type.i8 for k, t in kinds) == len(spec["weights"])
+    enc = codec.analyze(make_image(96, 128, seed=6), gan2, 64)
+    z = gan2.model.quantize.dequantize(torch.from_numpy(enc.indices)[None], gan2.codebook(64)).float()
+    threads, bf16 = torch.get_num_threads(), False
+    plain = engine._compile(gan2.model, "decoder", threads, bf16, False)(z).numpy()
+    int8 = engine._compile(gan2.model, "decoder", threads, bf16, True)(z).numpy()
+    assert not engine.FAILURES or "int8" not in engine.FAILURES[-1]
+    mse = ((plain - int8) ** 2).mean() / 4  # pictures in [-1, 1]
+    assert 0 < mse and 10 * np.log10(1 / mse) > 24
+
+
+def test_a_spec_that_does_not_fit_the_graph_keeps_the_float_decoder(gan2, monkeypatch):
+    spec = dict(gan2.model.pixels_int8)
+    spec["activations"] = [dict(spec["activations"][0], source="no such node")]
+    monkeypatch.setattr(gan2.model, "pixels_int8", spec)
+    monkeypatch.setattr(engine, "FAILURES", [])
+    run = engine._compile(gan2.model, "decoder", torch.get_num_threads(), False, True)
+    assert run is not None and "int8" in engine.FAILURES[0]
+    z = torch.zeros(1, gan2.model.config.embed_dim, 2, 3)
+    assert tuple(run(z).shape) == (1, 3, 32, 48)
+
+
+def test_a_damaged_int8_spec_is_a_damaged_bundle(tmp_path):
+    from vqcodec.errors import VqcModelError
+
+    src = zoo.find_bundle("vqc-gan2")
+    for f in src.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    (tmp_path / "pixels-int8.json").unlink()
+    (tmp_path / "pixels-int8.json").write_text('{"format": 1, "activations": []}\n')
+    with pytest.raises(VqcModelError, match="pixels-int8.json"):
+        zoo.load_model(tmp_path)

@@ -464,6 +464,7 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
     except Exception as e:  # a damaged bundle must not surface as a traceback
         raise VqcModelError(f"{path}: cannot load weights ({_first_line(e)})") from None
     model.eval().requires_grad_(False)
+    model.pixels_int8 = _int8_spec(path, manifest)
     if model.config.backbone == "taef2":  # full-resolution convolutions: channels_last is what oneDNN runs fastest
         model = model.to(memory_format=torch.channels_last)
     codebooks, tables = {}, {}
@@ -480,6 +481,21 @@ def _load_cached(folder: str, mtime: float) -> Bundle:
                 raise VqcModelError(f"{path}: per-plane frequency tables for K={k} incomplete (m = {m})")
             planes[int(k)] = [FrequencyTable(cb[f"freq.{k}.{j}"].numpy().astype(np.int64)) for j in range(m)]
     return Bundle(manifest["name"], path, manifest, model, codebooks, tables, planes=planes)
+
+
+def _int8_spec(path: Path, manifest: dict) -> dict | None:
+    """The bundle's int8 decoder spec (``nets/int8_pixels``), or None where it has none."""
+    entry = manifest.get("pixels_int8")
+    if not entry:
+        return None
+    from vqcodec.nets import int8_pixels
+
+    try:
+        return int8_pixels.read_spec(_verified(path, manifest, entry["file"]))
+    except VqcModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged spec is a damaged bundle
+        raise VqcModelError(f"{path}: cannot read the int8 decoder spec ({_first_line(e)})") from None
 
 
 def load_model(name_or_path: str | os.PathLike | None = None) -> Bundle:

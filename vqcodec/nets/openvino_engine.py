@@ -49,8 +49,8 @@ LIMITS = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 """Variables that hold PyTorch's kernels to a smaller instruction set (portability checks, old CPUs)."""
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """model -> the digest of its weights (computed once per model object)."""
-_COMPILED: dict[tuple[str, str, int, bool], Runner | None] = {}
-"""(digest, part, threads, bf16) -> runner or None: compiled once per process (two loads of one
+_COMPILED: dict[tuple[str, str, int, bool, bool], Runner | None] = {}
+"""(digest, part, threads, bf16, int8) -> runner or None: compiled once per process (two loads of one
 bundle share it)."""
 FAILURES: list[str] = []
 """Why OpenVINO could not take a network in this process (PyTorch ran it instead)."""
@@ -164,6 +164,33 @@ def _ir(model, part: str):
         return converted
 
 
+float_ir = _ir
+"""The float network's OpenVINO model (what ``int8_pixels`` and its calibration start from)."""
+
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU flags with native int8 dot products: elsewhere (AVX2 without VNNI) int8 convolutions
+multiply in saturating 16-bit pairs, and the decoder stays in bf16 or fp32."""
+
+
+def int8_wanted(model, part: str) -> bool:
+    """Whether ``part`` runs with the bundle's int8 spec (``nets/int8_pixels``): the whole decoder
+    only, a spec calibrated for these weights, a CPU with int8 dot products, and not
+    ``VQC_INT8=0``."""
+    spec = getattr(model, "pixels_int8", None)
+    if part != "decoder" or not spec or os.environ.get("VQC_INT8") == "0":
+        return False
+    return spec.get("digest") == digest(model) and _cpu_has(INT8_FLAGS)
+
+
+def _cpu_has(flags: tuple[str, ...]) -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    have = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    return any(f in have for f in flags)
+
+
 def runner(model, part: str) -> Runner | None:
     """A function running ``model``'s ``part`` ("encoder": image -> latent, "decoder": latent ->
     image; "head" / "tail": a big photo's full-resolution layers on one tile, ``TILE_PARTS``) on
@@ -174,14 +201,15 @@ def runner(model, part: str) -> Runner | None:
 
     threads = torch.get_num_threads()
     bf16 = native_bf16()
-    key = (digest(model), part, threads, bf16)
+    int8 = int8_wanted(model, part)
+    key = (digest(model), part, threads, bf16, int8)
     with _LOCK:
         if key not in _COMPILED:
-            _COMPILED[key] = _compile(model, part, threads, bf16)
+            _COMPILED[key] = _compile(model, part, threads, bf16, int8)
         return _COMPILED[key]
 
 
-def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
+def _compile(model, part: str, threads: int, bf16: bool, int8: bool = False) -> Runner | None:
     try:
         import openvino as ov
 
@@ -191,7 +219,16 @@ def _compile(model, part: str, threads: int, bf16: bool) -> Runner | None:
         blobs = cache_root() / "openvino" / digest(model) / "compiled"
         if _writable(blobs):  # OpenVINO keeps the compiled network too: half the start-up next time
             core.set_property({"CACHE_DIR": str(blobs)})
-        compiled = core.compile_model(_ir(model, part), "CPU", config)
+        network = _ir(model, part)
+        if int8:
+            from vqcodec.nets import int8_pixels
+
+            try:
+                network = int8_pixels.apply(network, model.pixels_int8)
+            except Exception as e:  # noqa: BLE001 - a spec that does not fit this graph: bf16/fp32
+                FAILURES.append(f"{part} int8: {type(e).__name__}: {str(e)[:300]}")
+                network = _ir(model, part)
+        compiled = core.compile_model(network, "CPU", config)
     except Exception as e:  # noqa: BLE001 - any engine trouble: PyTorch runs the network, as before
         FAILURES.append(f"{part}: {type(e).__name__}: {' | '.join(str(e).split(chr(10)))[:1500]}")
         return None
