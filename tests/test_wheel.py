@@ -34,7 +34,8 @@ def test_wheel_carries_the_default_bundle_and_the_licences(wheel):
         names = set(z.namelist())
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     bundle = f"vqcodec/models/{DEFAULT_MODEL}/"
-    for f in ("manifest.json", "autoencoder.safetensors", "codebooks.safetensors", "recovery.safetensors"):
+    for f in ("manifest.json", "autoencoder.safetensors", "codebooks.safetensors", "recovery.safetensors",
+              "pixels-int8.json"):  # the int8 decoder spec (nets/int8_pixels)
         assert bundle + f in names
     assert bundle + "TAEF2-LICENSE" in names  # the MIT notice of the weights it derives from, beside them
     assert "License-Expression: MIT" in meta
