@@ -5,7 +5,7 @@ Why: on CPUs without AMX the pixel networks are most of a round trip (AMD EPYC w
 only fewer multiplications or cheaper ones help. int8 convolutions (VNNI, AMX-INT8) do twice the
 work of bf16 per cycle. The picture need not be bit-exact (only index maps must be, and the
 decoder never touches them), but it must look the same: measured on held-out training photos
-and Kodak, docs/results.md ("int8 decoder").
+and Kodak, docs/results.md ("The decoder in int8").
 
 What: a *spec* shipped in the bundle (``pixels-int8.json``, made once by
 ``python -m vqcodec.train.int8_spec`` with NNCF's post-training quantisation on training photos)

@@ -28,6 +28,7 @@ GroupNorms need the whole map's statistics, stay in PyTorch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -183,12 +184,18 @@ def int8_wanted(model, part: str) -> bool:
 
 
 def _cpu_has(flags: tuple[str, ...]) -> bool:
+    return any(f in _cpu_flags() for f in flags)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (Linux), read once per process: ``runner`` asks at every photo."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    have = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
-    return any(f in have for f in flags)
+        return frozenset()
+    return next((frozenset(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                frozenset())  # fmt: skip
 
 
 def runner(model, part: str) -> Runner | None:

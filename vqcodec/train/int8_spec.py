@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                               advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))  # fmt: skip
     spec = spec_from(quantized)
     spec["digest"] = openvino_engine.digest(bundle.model)
-    path = Path(args.bundle) / int8_pixels.SPEC_FILE
+    path = bundle.path / int8_pixels.SPEC_FILE
     path.write_text(json.dumps(spec, indent=1) + "\n")
-    manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
+    manifest = zoo._read_manifest(bundle.path)
     manifest["files"][int8_pixels.SPEC_FILE] = zoo.sha256_file(path)
     manifest["pixels_int8"] = {
         "file": int8_pixels.SPEC_FILE, "part": "decoder", "tool": f"nncf {nncf.__version__}, openvino {ov.__version__}",
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "activation_quantisers": len(spec["activations"]), "int8_convolutions": len(spec["weights"]),
         "data": "training photos outside the held-out split (never Kodak), long side 768",
     }  # fmt: skip
-    zoo.write_manifest(Path(args.bundle), manifest)
+    zoo.write_manifest(bundle.path, manifest)
     print(f"{path}: {len(spec['activations'])} activation quantisers, {len(spec['weights'])} int8 convolutions "
           f"({time.time() - t0:.0f} s)")  # fmt: skip
 
