@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqcodec import heap
 from vqcodec.options import check_effort
 from vqcodec.perceptual import _unit
 
@@ -71,16 +72,19 @@ class Settings:
 
 LEVELS: dict[int, Settings] = {  # one per level 1 .. MAX_EFFORT
     1: Settings(steps=0),  # the nearest code: today's encoder, byte for byte
-    2: Settings(steps=1, lr=0.03, judge_last=False),  # one step, about 4 s for a Kodak photo
+    2: Settings(steps=1, lr=0.03, judge_last=False),  # one step, 4-5 s for a Kodak photo
     3: Settings(steps=2, lr=0.05),
     4: Settings(steps=4, lr=0.04),
-    5: Settings(steps=9, lr=0.025),
+    5: Settings(steps=8, lr=0.025),
 }
 """What each effort level spends: gradient steps through the decoder (a step, its decoder and
-LPIPS-VGG passes forward and back, about 2 s for a 768x512 photo on 2 cores) and their step size,
+LPIPS-VGG passes forward and back, 2-3 s for a 768x512 photo on 2 cores) and their step size,
 chosen on held-out photos. Level 2 (one step, its map taken unmeasured) is the middle level of
-0.3.0: 40-50 % of the top level's LPIPS gain at K=64 in about 4 s; the two-step level it
-replaced is now level 3, and the four-step one level 4."""
+0.3.0: 40-50 % of the top level's LPIPS gain at K=64 in 4-5 s; the two-step level it
+replaced is now level 3, and the four-step one level 4. The top level took nine steps until
+2026-12-08; on the held-out photos eight gave the same gain (K=64 LPIPS-Alex -0.0211 against
+-0.0205, seven steps at 0.03 -0.0156) in 3 s less, which keeps it within 30 s on a CPU without
+AMX."""
 
 
 def settings(effort: int) -> Settings:
@@ -300,5 +304,6 @@ def improve(model, z: torch.Tensor, codes: torch.Tensor, image: torch.Tensor, si
     if s.steps <= 0:
         return q0
     ratio = max(max_bytes, 1) / max(size_of(q0), 1)
-    q, margin = search(model, z, codes, image, size, q0, rate, ratio, s)
+    with heap.kept():  # the full-resolution activations reused, not mapped anew (vqcodec.heap)
+        q, margin = search(model, z, codes, image, size, q0, rate, ratio, s)
     return fit_budget(q0, q, rate, size_of, max_bytes, margin)[0]
