@@ -66,3 +66,16 @@ def test_kept_does_nothing_without_glibc(monkeypatch):
     monkeypatch.setattr(heap, "_glibc", lambda: None)
     with heap.kept():
         assert _touch(1024).size == 1024
+
+
+def test_nested_kept_restores_only_when_the_last_leaves():
+    before = _info()
+    with heap.kept():
+        with heap.kept():
+            pass
+        a = _touch(BIG)  # the outer block still keeps big blocks on the heap
+        assert _info().hblkhd - before.hblkhd < BIG
+        del a
+    b = _touch(BIG)
+    assert _info().hblkhd - before.hblkhd >= BIG
+    del b

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -51,18 +52,30 @@ def _default(param: int) -> int:
         return value
 
 
+_LOCK = threading.Lock()
+_USERS = 0
+"""Searches inside ``kept`` now (threads of one process): the settings go back when the last leaves."""
+
+
 @contextmanager
 def kept() -> Iterator[None]:
     """Within the block, freed big blocks stay on the heap for the next activation."""
+    global _USERS
     libc = _glibc()
     if libc is None:
         yield
         return
-    for param, value in KEEP.items():
-        libc.mallopt(param, value)
+    with _LOCK:
+        if _USERS == 0:
+            for param, value in KEEP.items():
+                libc.mallopt(param, value)
+        _USERS += 1
     try:
         yield
     finally:
-        for param in KEEP:
-            libc.mallopt(param, _default(param))
-        libc.malloc_trim(0)
+        with _LOCK:
+            _USERS -= 1
+            if _USERS == 0:
+                for param in KEEP:
+                    libc.mallopt(param, _default(param))
+                libc.malloc_trim(0)
