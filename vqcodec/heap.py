@@ -6,10 +6,12 @@ search (``vqcodec.effort``) runs the decoder and LPIPS-VGG forward and back at f
 where one activation is 50-100 MB: each of its hundreds of elementwise operations then paid for
 new pages. Turning ``mmap`` off for the duration (``M_MMAP_MAX`` 0) and not trimming the heap
 (``M_TRIM_THRESHOLD``) lets freed activations be reused: a search step on a 768x512 photo went
-from 3.4-3.8 s to 2.9-3.0 s on an AMD EPYC, 2 threads (docs/history.md, "The effort step's
-memory"). Afterwards the settings go back to glibc's defaults (or the ``MALLOC_*`` environment
-variables the process started with) and the free heap is returned to the system
-(``malloc_trim``), so the process's footprint after an encode is what it was.
+from 3.4-3.8 s to 2.9-3.0 s on an AMD EPYC, 2 threads (docs/history.md, "The effort search on a
+CPU without AMX"). Afterwards the settings go back to glibc's defaults (or the ``MALLOC_*``
+environment variables the process started with) and the free heap is returned to the system
+(``malloc_trim``), so the process's footprint after an encode is what it was. One thing does not
+come back: glibc's adaptive mmap threshold, which any ``mallopt`` turns off for the rest of the
+process (blocks above 128 KB are then mapped, as glibc's documented default says).
 
 Other C libraries (macOS, Windows, musl) are left alone: ``kept`` does nothing there.
 """
